@@ -1,0 +1,223 @@
+"""The TAdaConv operator, functional form.
+
+A TAdaConv is a 2D convolution applied frame by frame whose kernel is recalibrated per frame:
+``W_t = alpha_t * W`` (SPEC §1). Two implementations:
+
+* ``fast``: rescale the *features* instead of the kernel and run one ordinary convolution on the
+  ``(B*T)`` batch. Exact for ``cin`` (``conv(x, a*W) == conv(a*x, W)``), ``cout``
+  (``conv(x, a*W) == a*conv(x, W)``), ``cin_cout`` (both) and bias calibration. Costs one
+  elementwise multiply on top of the convolution, keeps no per-frame kernels for backward, and has
+  no batch size baked into the graph.
+* ``grouped``: materialise one kernel per (b, t) and run a single grouped convolution with
+  ``groups = groups*B*T``: the method of the paper's release, kept as the reference and for
+  ``k2`` (kernel-tap calibration), which has no feature-scaling form.
+
+Tensors are ``(B, C, T, H, W)``. Internally the frames are folded into the batch as
+``x.transpose(1, 2).reshape(B*T, C, H, W)``; when ``x`` is stored frame-major (its memory laid out
+as ``(B, T, C, H, W)``, as the output of this function is) that fold is a free view, so chains of
+TAdaConvs never copy for layout.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["tada_conv2d", "CAL_DIMS", "IMPLS", "frames_to_batch", "batch_to_frames"]
+
+CAL_DIMS = ("cin", "cout", "cin_cout", "k2")
+IMPLS = ("auto", "fast", "grouped")
+
+_IntOr2 = Union[int, Tuple[int, int]]
+Alpha = Union[Tensor, Sequence[Tensor]]
+
+
+def frames_to_batch(x: Tensor) -> Tensor:
+    """``(B, C, T, H, W) -> (B*T, C, H, W)``; a view when ``x`` is stored frame-major."""
+    b, c, t, h, w = x.shape
+    return x.transpose(1, 2).reshape(b * t, c, h, w)
+
+
+def batch_to_frames(y: Tensor, batch: int, frames: int) -> Tensor:
+    """``(B*T, C, H, W) -> (B, C, T, H, W)`` as a view (the result is stored frame-major)."""
+    _, c, h, w = y.shape
+    return y.reshape(batch, frames, c, h, w).transpose(1, 2)
+
+
+def _per_frame(a: Tensor) -> Tensor:
+    """Calibration ``(B, n, T) -> (B*T, n)``, row ``b*T + t`` matching :func:`frames_to_batch`."""
+    b, n, t = a.shape
+    return a.transpose(1, 2).reshape(b * t, n)
+
+
+def _as_calibration(a: object, name: str, batch: int, channels: int, frames: int, what: str) -> Tensor:
+    """Validate one calibration tensor and return it as ``(B, n, T)``."""
+    if not isinstance(a, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, {what}, T), got {type(a).__name__}")
+    if a.dim() == 5 and a.shape[-2:] == (1, 1):
+        a = a.flatten(2)  # (B, n, T, 1, 1) -> (B, n, T)
+    if a.dim() != 3:
+        raise ValueError(
+            f"{name} must have shape (B, {what}, T) (optionally with trailing (1, 1)), "
+            f"got shape {tuple(a.shape)}"
+        )
+    expected = (batch, channels, frames)
+    if tuple(a.shape) != expected:
+        raise ValueError(
+            f"{name} has shape {tuple(a.shape)} but x and weight need (B, {what}, T) = {expected}"
+        )
+    return a
+
+
+def _check(
+    x: Tensor,
+    weight: Tensor,
+    alpha: Alpha,
+    bias: Optional[Tensor],
+    groups: int,
+    cal_dim: str,
+    bias_alpha: Optional[Tensor],
+    impl: str,
+):
+    """Validate the arguments of :func:`tada_conv2d`; return (alpha_in, alpha_out, alpha_k2, beta)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if not isinstance(cal_dim, str) or cal_dim not in CAL_DIMS:
+        raise ValueError(f"unknown cal_dim {cal_dim!r}; expected one of {CAL_DIMS}")
+    if not isinstance(impl, str) or impl not in IMPLS:
+        raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS}")
+    if impl == "fast" and cal_dim == "k2":
+        raise ValueError(
+            "cal_dim='k2' scales kernel taps, which has no exact feature-scaling form: "
+            "use impl='grouped' (or 'auto')"
+        )
+    if x.dim() != 5:
+        raise ValueError(f"x must have shape (B, C_in, T, H, W), got {x.dim()}-D shape {tuple(x.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(
+            f"weight must be a Conv2d weight (C_out, C_in/groups, kh, kw), got shape {tuple(weight.shape)}"
+        )
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    b, c_in, t = x.shape[:3]
+    c_out, c_in_g, kh, kw = weight.shape
+    if c_in_g * groups != c_in:
+        raise ValueError(
+            f"x has {c_in} input channels but weight {tuple(weight.shape)} with groups={groups} "
+            f"expects {c_in_g * groups}"
+        )
+    if c_out % groups != 0:
+        raise ValueError(f"C_out={c_out} is not divisible by groups={groups}")
+    if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (c_out,)):
+        shape = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
+        raise ValueError(f"bias must have shape ({c_out},), got {shape}")
+
+    a_in = a_out = a_k2 = None
+    if cal_dim == "cin":
+        a_in = _as_calibration(alpha, "alpha", b, c_in, t, "C_in")
+    elif cal_dim == "cout":
+        a_out = _as_calibration(alpha, "alpha", b, c_out, t, "C_out")
+    elif cal_dim == "k2":
+        a_k2 = _as_calibration(alpha, "alpha", b, kh * kw, t, "kh*kw")
+    else:  # cin_cout
+        if isinstance(alpha, Tensor) or not isinstance(alpha, (tuple, list)) or len(alpha) != 2:
+            raise TypeError("cal_dim='cin_cout' takes alpha as a pair (alpha_in, alpha_out)")
+        a_in = _as_calibration(alpha[0], "alpha[0] (alpha_in)", b, c_in, t, "C_in")
+        a_out = _as_calibration(alpha[1], "alpha[1] (alpha_out)", b, c_out, t, "C_out")
+
+    beta = None
+    if bias_alpha is not None:
+        if bias is None:
+            raise ValueError("bias_alpha calibrates the bias, but bias is None")
+        beta = _as_calibration(bias_alpha, "bias_alpha", b, c_out, t, "C_out")
+    return a_in, a_out, a_k2, beta
+
+
+def tada_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    alpha: Alpha,
+    bias: Optional[Tensor] = None,
+    *,
+    stride: _IntOr2 = 1,
+    padding: Union[_IntOr2, str] = 0,
+    dilation: _IntOr2 = 1,
+    groups: int = 1,
+    cal_dim: str = "cin",
+    bias_alpha: Optional[Tensor] = None,
+    impl: str = "auto",
+) -> Tensor:
+    """Temporally-adaptive 2D convolution, ``y_t = conv(x_t, alpha_t * W) + beta_t * bias``.
+
+    Args:
+        x: ``(B, C_in, T, H, W)``.
+        weight: a Conv2d weight ``(C_out, C_in/groups, kh, kw)`` (the base kernel ``W_b``).
+        alpha: the calibration, ``(B, C_cal, T)`` (a trailing ``(1, 1)`` is accepted):
+            ``C_in`` values for ``cal_dim="cin"``, ``C_out`` for ``"cout"``, ``kh*kw`` for ``"k2"``,
+            and a pair ``(alpha_in, alpha_out)`` for ``"cin_cout"``.
+        bias: ``(C_out,)`` or None. Not scaled by ``alpha``.
+        bias_alpha: ``(B, C_out, T)`` bias calibration (TAdaConvV2); needs ``bias``.
+        impl: ``"fast"`` (feature scaling), ``"grouped"`` (per-frame kernels) or ``"auto"``
+            (fast wherever it is exact, i.e. everything but ``k2``).
+
+    Returns:
+        ``(B, C_out, T, H', W')``, stored frame-major.
+    """
+    a_in, a_out, a_k2, beta = _check(x, weight, alpha, bias, groups, cal_dim, bias_alpha, impl)
+    if impl == "auto":
+        impl = "grouped" if cal_dim == "k2" else "fast"
+    if impl == "fast":
+        return _fast(x, weight, bias, a_in, a_out, beta, stride, padding, dilation, groups)
+    return _grouped(x, weight, bias, a_in, a_out, a_k2, beta, stride, padding, dilation, groups)
+
+
+def _fast(x, weight, bias, a_in, a_out, beta, stride, padding, dilation, groups):
+    b, _, t = x.shape[:3]
+    xf = frames_to_batch(x)
+    if a_in is not None:
+        xf = xf * _per_frame(a_in)[:, :, None, None]
+    post = a_out is not None or beta is not None
+    y = F.conv2d(xf, weight, None if post else bias, stride, padding, dilation, groups)
+    if post:
+        shift = None
+        if bias is not None:
+            shift = bias[None, :, None, None]
+            if beta is not None:
+                shift = shift * _per_frame(beta)[:, :, None, None]
+        if a_out is None:
+            y = y + shift
+        elif shift is None:
+            y = y * _per_frame(a_out)[:, :, None, None]
+        else:
+            y = torch.addcmul(shift, y, _per_frame(a_out)[:, :, None, None])
+    return batch_to_frames(y, b, t)
+
+
+def _grouped(x, weight, bias, a_in, a_out, a_k2, beta, stride, padding, dilation, groups):
+    b, c_in, t, h, w = x.shape
+    c_out, c_in_g, kh, kw = weight.shape
+    n = b * t
+    kernels = weight.unsqueeze(0)  # (1, C_out, C_in/g, kh, kw), broadcast to (B*T, ...)
+    if a_in is not None:
+        # input channel of weight[o, j] is (o // (C_out/g)) * (C_in/g) + j
+        a = _per_frame(a_in).reshape(n, groups, 1, c_in_g)
+        a = a.expand(n, groups, c_out // groups, c_in_g).reshape(n, c_out, c_in_g)
+        kernels = kernels * a[..., None, None]
+    if a_out is not None:
+        kernels = kernels * _per_frame(a_out)[:, :, None, None, None]
+    if a_k2 is not None:
+        kernels = kernels * _per_frame(a_k2).reshape(n, 1, 1, kh, kw)
+    kernels = kernels.expand(n, c_out, c_in_g, kh, kw).reshape(n * c_out, c_in_g, kh, kw)
+    frame_bias = None
+    if bias is not None:
+        frame_bias = bias.expand(n, c_out)
+        if beta is not None:
+            frame_bias = frame_bias * _per_frame(beta)
+        frame_bias = frame_bias.reshape(n * c_out)
+    xg = frames_to_batch(x).reshape(1, n * c_in, h, w)
+    y = F.conv2d(xg, kernels, frame_bias, stride, padding, dilation, groups * n)
+    return batch_to_frames(y.reshape(n, c_out, y.shape[-2], y.shape[-1]), b, t)

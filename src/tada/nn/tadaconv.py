@@ -1,0 +1,163 @@
+"""``TAdaConv2d``: a Conv2d applied per frame whose kernel is recalibrated per frame by its own routing."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.nn.modules.utils import _pair
+
+from .functional import CAL_DIMS, IMPLS, tada_conv2d
+from .routing import RouteFuncAttn, RouteFuncMLP
+
+__all__ = ["TAdaConv2d"]
+
+ROUTINGS = {"v1": RouteFuncMLP, "v2": RouteFuncAttn}
+
+
+class TAdaConv2d(nn.Module):
+    """Temporally-adaptive 2D convolution on ``(B, C_in, T, H, W)``.
+
+    ``weight`` has the ordinary Conv2d layout ``(C_out, C_in/groups, kh, kw)`` (so 2D checkpoints load
+    as they are). The calibration comes from the module's routing function unless ``alpha`` is passed
+    to ``forward``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as Conv2d
+            (zero padding only).
+        cal_dim: ``"cin"`` (dense convs), ``"cout"`` (depthwise convs), ``"cin_cout"`` or ``"k2"``.
+        routing: ``"v1"`` (:class:`RouteFuncMLP`, default), ``"v2"`` (:class:`RouteFuncAttn`), ``None``
+            (the caller always passes ``alpha``), or a ready ``nn.Module`` with the same contract.
+        routing_kwargs: extra arguments for the routing class (``reduction``, ``kernels``, ``head_dim``…).
+            The routing's input channels, output channels and bias head follow from this layer.
+        bias_calibration: also calibrate the bias per frame (TAdaConvV2); needs ``bias=True``.
+        impl: ``"auto"`` | ``"fast"`` | ``"grouped"``, see :func:`tada.nn.functional.tada_conv2d`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = False,
+        *,
+        cal_dim: str = "cin",
+        routing: Union[str, nn.Module, None] = "v1",
+        routing_kwargs: Optional[dict] = None,
+        bias_calibration: bool = False,
+        impl: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels={in_channels} and out_channels={out_channels} must be divisible by groups={groups}"
+            )
+        if cal_dim not in CAL_DIMS:
+            raise ValueError(f"unknown cal_dim {cal_dim!r}; expected one of {CAL_DIMS}")
+        if impl not in IMPLS:
+            raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS}")
+        if impl == "fast" and cal_dim == "k2":
+            raise ValueError("cal_dim='k2' has no exact fast path: use impl='grouped' or 'auto'")
+        if bias_calibration and not bias:
+            raise ValueError("bias_calibration=True needs bias=True")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _pair(kernel_size)
+        self.stride, self.dilation = _pair(stride), _pair(dilation)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.cal_dim, self.impl, self.bias_calibration = cal_dim, impl, bool(bias_calibration)
+
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+        self.routing = self._build_routing(routing, routing_kwargs or {})
+        if self.routing is not None and (device is not None or dtype is not None):
+            self.routing.to(**{k: v for k, v in factory.items() if v is not None})
+
+    def _build_routing(self, routing, kwargs) -> Optional[nn.Module]:
+        if routing is None or isinstance(routing, nn.Module):
+            if kwargs:
+                raise ValueError("routing_kwargs only apply when routing is 'v1' or 'v2'")
+            return routing
+        if routing not in ROUTINGS:
+            raise ValueError(f"unknown routing {routing!r}; expected 'v1', 'v2', None or an nn.Module")
+        reserved = {"in_channels", "out_channels", "bias_channels"} & set(kwargs)
+        if reserved:
+            raise ValueError(f"routing_kwargs may not set {sorted(reserved)}: they follow from the layer")
+        out = {
+            "cin": self.in_channels,
+            "cout": self.out_channels,
+            "cin_cout": (self.in_channels, self.out_channels),
+            "k2": self.kernel_size[0] * self.kernel_size[1],
+        }[self.cal_dim]
+        bias_channels = self.out_channels if self.bias_calibration else None
+        return ROUTINGS[routing](self.in_channels, out, bias_channels=bias_channels, **kwargs)
+
+    def reset_parameters(self) -> None:
+        # the same initialisation as nn.Conv2d
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * self.weight.shape[2] * self.weight.shape[3]
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor, alpha=None, bias_alpha: Optional[Tensor] = None) -> Tensor:
+        """``x``: ``(B, C_in, T, H, W)``; ``alpha``/``bias_alpha`` override the routing's output."""
+        if alpha is None:
+            if self.routing is None:
+                raise ValueError("this TAdaConv2d has no routing function (routing=None): pass alpha=")
+            if x.dim() != 5:
+                raise ValueError(f"x must have shape (B, C_in, T, H, W), got shape {tuple(x.shape)}")
+            calibration = self.routing(x)
+            if self.bias_calibration:
+                alpha, routed_beta = calibration
+                bias_alpha = routed_beta if bias_alpha is None else bias_alpha
+            else:
+                alpha = calibration
+        return tada_conv2d(
+            x, self.weight, alpha, self.bias,
+            stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
+            cal_dim=self.cal_dim, bias_alpha=bias_alpha, impl=self.impl,
+        )
+
+    @classmethod
+    def from_conv2d(cls, conv: nn.Conv2d, **kwargs) -> "TAdaConv2d":
+        """A TAdaConv2d with ``conv``'s geometry and (copied) weights.
+
+        With a zero-initialised routing (the V1 default, V2 with ``zero_init=True``) the result equals
+        ``conv`` applied to every frame. ``kwargs`` are the TAda-specific arguments (``cal_dim``,
+        ``routing``, ``routing_kwargs``, ``bias_calibration``, ``impl``).
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"from_conv2d takes an nn.Conv2d, got {type(conv).__name__}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"only zero padding is supported, conv has padding_mode={conv.padding_mode!r}")
+        m = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, conv.bias is not None,
+            device=conv.weight.device, dtype=conv.weight.dtype, **kwargs,
+        )
+        with torch.no_grad():
+            m.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                m.bias.copy_(conv.bias)
+        return m
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+            f"bias={self.bias is not None}, cal_dim={self.cal_dim!r}, impl={self.impl!r}"
+        )
+        return s + (", bias_calibration=True" if self.bias_calibration else "")
