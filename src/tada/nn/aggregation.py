@@ -6,6 +6,7 @@ trained), and ``Norm2`` zero-initialised so ``z == Norm1(y)`` at init.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -18,18 +19,21 @@ NORMS = ("bn", "ln")
 
 
 def temporal_pool(y: Tensor, pool: str = "avg") -> Tensor:
-    """Pool ``(B, C, T, H, W)`` over a window of 3 frames, stride 1, padding 1 (T is kept).
+    """Pool ``(B, C, T, H, W)`` over a window of 3 frames, stride 1, padding 1 (T is kept, any T >= 1).
 
     ``avg`` counts the zero padding (boundary frames are averaged with a zero); ``max`` ignores it;
-    ``mix`` is their sum.
+    ``mix`` is their sum. Written with pad + slices rather than ``avg_pool3d``, which rejects T < 3,
+    and which would also copy a frame-major input to a contiguous one.
     """
     if pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}; expected one of {POOLS}")
     out = None
     if pool in ("avg", "mix"):
-        out = F.avg_pool3d(y, (3, 1, 1), stride=1, padding=(1, 0, 0), count_include_pad=True)
+        p = F.pad(y, (0, 0, 0, 0, 1, 1))
+        out = (p[:, :, :-2] + p[:, :, 1:-1] + p[:, :, 2:]) / 3.0
     if pool in ("max", "mix"):
-        m = F.max_pool3d(y, (3, 1, 1), stride=1, padding=(1, 0, 0))
+        p = F.pad(y, (0, 0, 0, 0, 1, 1), value=float("-inf"))
+        m = torch.maximum(torch.maximum(p[:, :, :-2], p[:, :, 1:-1]), p[:, :, 2:])
         out = m if out is None else out + m
     return out
 
