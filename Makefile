@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(PY) benchmarks/op_speed.py --json results/op_speed.json
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) results build src/*.egg-info
