@@ -1,0 +1,335 @@
+"""Speed and memory of the TAdaConv operator against the convolution it calibrates.
+
+For every distinct TAdaConv shape of TAda2D-R50 (8 frames, 224², batch 2; dense 3x3, cal_dim="cin")
+and TAdaConvNeXtV2-T (16 frames -> 8 after the tubelet stem, 224², batch 2; depthwise 7x7,
+cal_dim="cout" with bias calibration) it times, interleaved in one run (median of repeats):
+
+* ``plain``   F.conv2d on the same (B*T) batch of frames: the baseline (a TSN's convolution);
+* ``fast``    tada_conv2d(impl="fast") on a frame-major input (how TAda models store activations,
+              folding frames into the batch is a view);
+* ``fast_nc`` the same on a contiguous (B, C, T, H, W) input (pays one layout copy each way);
+* ``grouped`` tada_conv2d(impl="grouped"): per-frame kernels + one grouped conv, the release's method.
+
+forward-only (no autograd) and forward+backward (grads for input, weight, alpha, bias). Then, each in a
+fresh process, the peak memory of one forward+backward: bytes autograd saves for backward and the
+growth of the process's peak RSS (CPU) or peak allocated memory (CUDA).
+
+    python benchmarks/op_speed.py [--json results/op_speed.json] [--device cuda --dtype bf16]
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import ctypes
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from tada.nn.functional import tada_conv2d
+from tada.utils import tune_cpu_allocator
+
+
+@dataclass(frozen=True)
+class Shape:
+    model: str
+    layer: str
+    channels: int
+    size: int  # input H = W
+    kernel: int
+    stride: int
+    frames: int
+    batch: int
+    depthwise: bool
+
+    @property
+    def dense(self) -> bool:
+        return not self.depthwise
+
+
+def model_shapes():
+    shapes = []
+    # TAda2D-R50: no max-pool, the first block of every stage has stride 2 in its 3x3 conv;
+    # stem output is 112², bottleneck widths 64/128/256/512.
+    size = 112
+    for width in (64, 128, 256, 512):
+        shapes.append(Shape("TAda2D-R50", f"{width}ch s2 in", width, size, 3, 2, 8, 2, False))
+        size //= 2
+        shapes.append(Shape("TAda2D-R50", f"{width}ch s1", width, size, 3, 1, 8, 2, False))
+    # TAdaConvNeXtV2-T: stem /4 -> 56², dims 96/192/384/768, 7x7 depthwise.
+    size = 56
+    for dim in (96, 192, 384, 768):
+        shapes.append(Shape("TAdaConvNeXtV2-T", f"{dim}ch dw7", dim, size, 7, 1, 8, 2, True))
+        size //= 2
+    return shapes
+
+
+IMPLS = ("plain", "fast", "fast_nc", "grouped")
+
+
+class Case:
+    """Tensors and callables for one shape, on one device and dtype."""
+
+    def __init__(self, s: Shape, device, dtype, seed=0):
+        torch.manual_seed(seed)
+        kw = dict(device=device, dtype=dtype)
+        self.s = s
+        b, t, c, hw = s.batch, s.frames, s.channels, s.size
+        groups = c if s.depthwise else 1
+        self.conv_kw = dict(stride=s.stride, padding=s.kernel // 2, groups=groups)
+        self.weight = (torch.randn(c, c // groups, s.kernel, s.kernel, **kw) * 0.05).requires_grad_()
+        self.bias = torch.randn(c, **kw).requires_grad_() if s.depthwise else None
+        self.alpha = (1 + 0.1 * torch.randn(b, c, t, **kw)).requires_grad_()
+        self.beta = (1 + 0.1 * torch.randn(b, c, t, **kw)).requires_grad_() if s.depthwise else None
+        self.cal_dim = "cout" if s.depthwise else "cin"
+        frames = torch.randn(b * t, c, hw, hw, **kw)
+        self.x_frames = frames.clone().requires_grad_()  # plain conv input, (B*T, C, H, W)
+        # frame-major (B, C, T, H, W) view of the same values, and a contiguous copy
+        self.x_fm = frames.clone().reshape(b, t, c, hw, hw).transpose(1, 2).requires_grad_()
+        self.x_nc = self.x_fm.detach().contiguous().requires_grad_()
+        # one cotangent for every impl, drawn once: (B*T, C, H', W') for plain, its (B, C, T, H', W')
+        # view for the others
+        with torch.no_grad():
+            out = F.conv2d(frames[:1], self.weight, None, **self.conv_kw)
+        self.grad_frames = torch.randn(b * t, *out.shape[1:], **kw)
+        self.grad_video = self.grad_frames.reshape(b, t, *out.shape[1:]).transpose(1, 2)
+
+    def run(self, impl):
+        if impl == "plain":
+            return F.conv2d(self.x_frames, self.weight, self.bias, **self.conv_kw)
+        x = self.x_nc if impl == "fast_nc" else self.x_fm
+        return tada_conv2d(
+            x, self.weight, self.alpha, self.bias, cal_dim=self.cal_dim, bias_alpha=self.beta,
+            impl="grouped" if impl == "grouped" else "fast", **self.conv_kw,
+        )
+
+    def forward(self, impl):
+        with torch.no_grad():
+            return self.run(impl)
+
+    def forward_backward(self, impl):
+        y = self.run(impl)
+        y.backward(self.grad_frames if impl == "plain" else self.grad_video)
+        for p in (self.x_frames, self.x_fm, self.x_nc, self.weight, self.bias, self.alpha, self.beta):
+            if p is not None:
+                p.grad = None
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_shape(s: Shape, device, dtype, repeats, warmup):
+    case = Case(s, device, dtype)
+    results = {}
+    for mode, fn in (("fwd", case.forward), ("fwd_bwd", case.forward_backward)):
+        samples = {impl: [] for impl in IMPLS}
+        for i in range(warmup + repeats):
+            for impl in IMPLS:  # interleaved: drift and thermal effects hit every impl alike
+                _sync(device)
+                t0 = time.perf_counter()
+                fn(impl)
+                _sync(device)
+                if i >= warmup:
+                    samples[impl].append(time.perf_counter() - t0)
+        results[mode] = {impl: statistics.median(v) * 1e3 for impl, v in samples.items()}
+    return results
+
+
+def _saved_bytes(case: Case, impl: str) -> int:
+    storages = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = case.run(impl)
+    del y
+    leaves = {p.untyped_storage().data_ptr() for p in (case.x_frames, case.x_fm, case.x_nc, case.weight, case.alpha)}
+    return sum(n for ptr, n in storages.items() if ptr not in leaves)  # activations only, not the inputs
+
+
+def _proc_status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def memory_worker(shape: dict, impl: str, device: str, dtype: str):
+    """Runs in a fresh process: (bytes saved for backward, peak memory growth) of one forward+backward."""
+    dev, dt = torch.device(device), getattr(torch, dtype)
+    case = Case(Shape(**shape), dev, dt)
+    saved = _saved_bytes(case, impl)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        case.forward_backward(impl)
+        torch.cuda.synchronize(dev)
+        return saved, torch.cuda.max_memory_allocated(dev) - base
+    # CPU: give freed memory back, then reset the kernel's high-water mark (VmHWM) to the current RSS
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _proc_status_kb("VmRSS")
+    case.forward_backward(impl)
+    return saved, (_proc_status_kb("VmHWM") - base) * 1024
+
+
+def machine_info(device):
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
+    if device.type == "cuda":
+        info["device"] = torch.cuda.get_device_name(device)
+    else:
+        cpu = platform.processor()
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        info["device"] = f"CPU: {cpu}, {os.cpu_count()} cores"
+    return info
+
+
+def _fmt_table(rows, mem, tuned):
+    head = (
+        "| model | layer | C | in | fwd plain ms | fwd fast/plain | fwd grouped/fast | fwd+bwd plain ms "
+        "| fwd+bwd fast/plain | fwd+bwd fast_nc/plain | fwd+bwd grouped/fast |"
+    )
+    if tuned:
+        head += " tuned alloc: fwd+bwd plain ms | fast/plain fwd | fast/plain fwd+bwd |"
+    if mem:
+        head += " saved MB fast / grouped | peak MB plain / fast / grouped |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for i, r in enumerate(rows):
+        f, fb = r["fwd"], r["fwd_bwd"]
+        line = (
+            f"| {r['model']} | {r['layer']} | {r['channels']} | {r['size']}² | {f['plain']:.2f} "
+            f"| {f['fast'] / f['plain']:.2f} | {f['grouped'] / f['fast']:.2f} | {fb['plain']:.2f} "
+            f"| {fb['fast'] / fb['plain']:.2f} | {fb['fast_nc'] / fb['plain']:.2f} | {fb['grouped'] / fb['fast']:.2f} |"
+        )
+        if tuned:
+            tf, tfb = tuned[i]["fwd"], tuned[i]["fwd_bwd"]
+            line += f" {tfb['plain']:.2f} | {tf['fast'] / tf['plain']:.2f} | {tfb['fast'] / tfb['plain']:.2f} |"
+        if mem:
+            m = mem[i]
+            mb = lambda impl, k: f"{m[impl][k] / 2**20:.1f}"  # noqa: E731
+            line += (
+                f" {mb('fast', 'saved')} / {mb('grouped', 'saved')} "
+                f"| {mb('plain', 'peak')} / {mb('fast', 'peak')} / {mb('grouped', 'peak')} |"
+            )
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _time_all(shapes, device, dtype, args, label):
+    rows = []
+    for s in shapes:
+        t0 = time.perf_counter()
+        r = time_shape(s, device, dtype, args.repeats, args.warmup)
+        rows.append({**asdict(s), **r})
+        fb = r["fwd_bwd"]
+        print(
+            f"  [{label}] {s.model:17s} {s.layer:12s} fwd+bwd plain {fb['plain']:7.2f} ms"
+            f"  fast/plain {fb['fast'] / fb['plain']:.2f}  grouped/fast {fb['grouped'] / fb['fast']:.2f}"
+            f"   ({time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
+    return rows
+
+
+def _summary(rows):
+    dense = [r for r in rows if not r["depthwise"]]
+    if not dense:
+        return {}
+    worst = lambda mode: max(r[mode]["fast"] / r[mode]["plain"] for r in dense)  # noqa: E731
+    within = lambda mode: sum(r[mode]["fast"] / r[mode]["plain"] <= 1.10 for r in dense)  # noqa: E731
+    return {
+        "dense_fast_over_plain_max_fwd": worst("fwd"),
+        "dense_fast_over_plain_max_fwd_bwd": worst("fwd_bwd"),
+        "dense_shapes": len(dense),
+        "dense_within_1.10_fwd": within("fwd"),
+        "dense_within_1.10_fwd_bwd": within("fwd_bwd"),
+        "grouped_over_fast_fwd_bwd_median_all": statistics.median(r["fwd_bwd"]["grouped"] / r["fwd_bwd"]["fast"] for r in rows),
+    }
+
+
+def _print_summary(label, sm):
+    if sm:
+        n = sm["dense_shapes"]
+        print(
+            f"{label}: dense fast/plain max {sm['dense_fast_over_plain_max_fwd']:.2f} (fwd), "
+            f"{sm['dense_fast_over_plain_max_fwd_bwd']:.2f} (fwd+bwd); within 1.10 on "
+            f"{sm['dense_within_1.10_fwd']}/{n} (fwd), {sm['dense_within_1.10_fwd_bwd']}/{n} (fwd+bwd); "
+            f"grouped/fast median {sm['grouped_over_fast_fwd_bwd_median_all']:.2f} (fwd+bwd)"
+        )
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--no-memory", action="store_true", help="skip the per-process peak-memory runs")
+    p.add_argument("--no-tuned", action="store_true", help="CPU: skip the second pass with tada.utils.tune_cpu_allocator()")
+    p.add_argument("--only", default=None, help="substring filter on model name")
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args(argv)
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    info = machine_info(device)
+    print(f"# TAdaConv operator speed: {info['device']}, torch {info['torch']}, {info['threads']} threads, {args.dtype}")
+    shapes = [s for s in model_shapes() if args.only is None or args.only in s.model]
+
+    mem = {}
+    if not args.no_memory:  # first, in fresh processes, before this process changes its allocator
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as pool:
+            for i, s in enumerate(shapes):
+                for impl in ("plain", "fast", "grouped"):
+                    saved, peak = pool.submit(memory_worker, asdict(s), impl, args.device, args.dtype).result()
+                    mem.setdefault(i, {})[impl] = {"saved": saved, "peak": peak}
+
+    rows = _time_all(shapes, device, dtype, args, "default alloc")
+    tuned = []
+    if device.type == "cpu" and not args.no_tuned and tune_cpu_allocator():
+        tuned = _time_all(shapes, device, dtype, args, "tuned alloc")
+
+    print()
+    print(_fmt_table(rows, mem, tuned))
+    print()
+    summary = {"default_allocator": _summary(rows)}
+    _print_summary("default allocator", summary["default_allocator"])
+    if tuned:
+        summary["tuned_allocator"] = _summary(tuned)
+        _print_summary("tuned allocator  ", summary["tuned_allocator"])
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "dtype": args.dtype, "repeats": args.repeats, "summary": summary,
+                       "rows": rows, "rows_tuned_allocator": tuned,
+                       "memory": {str(k): v for k, v in mem.items()}}, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
