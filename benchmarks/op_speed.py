@@ -188,6 +188,67 @@ def memory_worker(shape: dict, impl: str, device: str, dtype: str):
     return saved, (_proc_status_kb("VmHWM") - base) * 1024
 
 
+class Block:
+    """BN -> ReLU -> 3x3 conv on the (B*T) frames, as in a TAda2D bottleneck: plain vs fast."""
+
+    def __init__(self, s: Shape, device, dtype, seed=0):
+        torch.manual_seed(seed)
+        kw = dict(device=device, dtype=dtype)
+        self.s = s
+        b, t, c, hw = s.batch, s.frames, s.channels, s.size
+        self.bn = torch.nn.BatchNorm2d(c).to(**kw)
+        self.weight = (torch.randn(c, c, 3, 3, **kw) * 0.05).requires_grad_()
+        self.alpha = (1 + 0.1 * torch.randn(b, c, t, **kw)).requires_grad_()
+        self.x = torch.randn(b * t, c, hw, hw, **kw).requires_grad_()
+        hw_out = (hw + 2 - 3) // s.stride + 1
+        self.grad_frames = torch.randn(b * t, c, hw_out, hw_out, **kw)
+        self.grad_video = self.grad_frames.reshape(b, t, c, hw_out, hw_out).transpose(1, 2)
+
+    def plain(self, x):
+        return F.conv2d(F.relu(self.bn(x)), self.weight, None, self.s.stride, 1)
+
+    def fast(self, x, alpha):
+        b, t = self.s.batch, self.s.frames
+        z = F.relu(self.bn(x))
+        z = z.reshape(b, t, *z.shape[1:]).transpose(1, 2)
+        return tada_conv2d(z, self.weight, alpha, stride=self.s.stride, padding=1, impl="fast")
+
+    def step(self, fn, takes_alpha, train):
+        args = (self.x, self.alpha) if takes_alpha else (self.x,)
+        if not train:
+            with torch.no_grad():
+                return fn(*args)
+        y = fn(*args)
+        y.backward(self.grad_frames if len(args) == 1 else self.grad_video)
+        for p in (self.x, self.alpha, self.weight, self.bn.weight, self.bn.bias):
+            p.grad = None
+
+
+def time_block(s: Shape, device, dtype, repeats, warmup):
+    blk = Block(s, device, dtype)
+    fns = {  # name: (callable, takes alpha)
+        "plain": (blk.plain, False),
+        "fast": (blk.fast, True),
+        "plain_compiled": (torch.compile(blk.plain), False),
+        "fast_compiled": (torch.compile(blk.fast), True),
+    }
+    out = {}
+    for mode, train in (("fwd", False), ("fwd_bwd", True)):
+        blk.bn.train(train)
+        torch._dynamo.reset()  # compile each mode afresh: inference graphs vs training graphs
+        samples = {k: [] for k in fns}
+        for i in range(warmup + 1 + repeats):  # +1: the first call of a compiled fn compiles
+            for k, (fn, takes_alpha) in fns.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                blk.step(fn, takes_alpha, train)
+                _sync(device)
+                if i > warmup:
+                    samples[k].append(time.perf_counter() - t0)
+        out[mode] = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+    return out
+
+
 def machine_info(device):
     info = {
         "python": platform.python_version(),
@@ -236,6 +297,22 @@ def _fmt_table(rows, mem, tuned):
                 f"| {mb('plain', 'peak')} / {mb('fast', 'peak')} / {mb('grouped', 'peak')} |"
             )
         lines.append(line)
+    return "\n".join(lines)
+
+
+def _fmt_block_table(blocks):
+    lines = [
+        "| layer | in | fwd plain ms | fwd fast/plain eager | fwd fast/plain compiled | fwd+bwd plain ms "
+        "| fwd+bwd fast/plain eager | fwd+bwd fast/plain compiled |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in blocks:
+        f, fb = r["fwd"], r["fwd_bwd"]
+        lines.append(
+            f"| {r['layer']} | {r['size']}² | {f['plain']:.2f} | {f['fast'] / f['plain']:.2f} "
+            f"| {f['fast_compiled'] / f['plain_compiled']:.2f} | {fb['plain']:.2f} | {fb['fast'] / fb['plain']:.2f} "
+            f"| {fb['fast_compiled'] / fb['plain_compiled']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -291,6 +368,8 @@ def main(argv=None):
     p.add_argument("--no-memory", action="store_true", help="skip the per-process peak-memory runs")
     p.add_argument("--no-tuned", action="store_true", help="CPU: skip the second pass with tada.utils.tune_cpu_allocator()")
     p.add_argument("--only", default=None, help="substring filter on model name")
+    p.add_argument("--block", action="store_true",
+                   help="also time BN->ReLU->conv blocks (dense shapes), eager and torch.compile'd")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
 
@@ -313,8 +392,21 @@ def main(argv=None):
     if device.type == "cpu" and not args.no_tuned and tune_cpu_allocator():
         tuned = _time_all(shapes, device, dtype, args, "tuned alloc")
 
+    blocks = []
+    if args.block:
+        for s in shapes:
+            if s.dense:
+                r = time_block(s, device, dtype, args.repeats, args.warmup)
+                blocks.append({**asdict(s), **r})
+                print(f"  [block] {s.layer:12s} " + "  ".join(
+                    f"{m}: eager {r[m]['fast'] / r[m]['plain']:.2f} compiled {r[m]['fast_compiled'] / r[m]['plain_compiled']:.2f}"
+                    for m in ("fwd", "fwd_bwd")), flush=True)
+
     print()
     print(_fmt_table(rows, mem, tuned))
+    if blocks:
+        print()
+        print(_fmt_block_table(blocks))
     print()
     summary = {"default_allocator": _summary(rows)}
     _print_summary("default allocator", summary["default_allocator"])
@@ -325,7 +417,7 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"machine": info, "dtype": args.dtype, "repeats": args.repeats, "summary": summary,
-                       "rows": rows, "rows_tuned_allocator": tuned,
+                       "rows": rows, "rows_tuned_allocator": tuned, "blocks": blocks,
                        "memory": {str(k): v for k, v in mem.items()}}, f, indent=1)
         print(f"wrote {args.json}")
     return 0

@@ -64,7 +64,8 @@ def test_bn_statistics_span_batch_and_time():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match", [(dict(norm="gn"), "unknown norm"), (dict(pool="median"), "unknown pool"), (dict(shortcut="x"), "unknown shortcut")]
+    "kwargs, match",
+    [(dict(norm="gn"), "unknown norm"), (dict(pool="median"), "unknown pool"), (dict(shortcut="x"), "unknown shortcut")],
 )
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):

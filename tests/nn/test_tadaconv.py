@@ -2,7 +2,6 @@
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from tada.nn import RouteFuncAttn, RouteFuncMLP, TAdaConv2d, tada_conv2d
 
@@ -199,22 +198,34 @@ def test_k2_and_cin_cout_modules_run_and_train():
         assert m.weight.grad is not None
 
 
+def _x():
+    return torch.randn(2, 4, 3, 8, 8)
+
+
+def _w(*shape):
+    return torch.randn(*(shape or (4, 4, 3, 3)))
+
+
+def _a(*shape):
+    return torch.ones(*(shape or (2, 4, 3)))
+
+
 @pytest.mark.parametrize(
     "call, exc, match",
     [
-        (lambda: tada_conv2d(torch.randn(2, 4, 8, 8), torch.randn(4, 4, 3, 3), torch.ones(2, 4, 1)), ValueError, "B, C_in, T, H, W"),
-        (lambda: tada_conv2d(torch.randn(2, 4, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.ones(2, 4, 3)), ValueError, "input channels"),
-        (lambda: tada_conv2d(torch.randn(2, 4, 3, 8, 8), torch.randn(4, 4, 3), torch.ones(2, 4, 3)), ValueError, "Conv2d weight"),
-        (lambda: tada_conv2d(torch.randn(2, 4, 3, 8, 8), torch.randn(4, 4, 3, 3), torch.ones(2, 4, 5)), ValueError, r"alpha has shape \(2, 4, 5\)"),
-        (lambda: tada_conv2d(torch.randn(2, 4, 3, 8, 8), torch.randn(4, 4, 3, 3), torch.ones(2, 4)), ValueError, "alpha must have shape"),
-        (lambda: tada_conv2d(torch.randn(2, 4, 3, 8, 8), torch.randn(4, 4, 3, 3), torch.ones(2, 4, 3), cal_dim="cx"), ValueError, "unknown cal_dim 'cx'"),
-        (lambda: tada_conv2d(torch.randn(2, 4, 3, 8, 8), torch.randn(4, 4, 3, 3), torch.ones(2, 9, 3), cal_dim="k2", impl="fast"), ValueError, "k2"),
-        (lambda: tada_conv2d(torch.randn(2, 4, 3, 8, 8), torch.randn(4, 4, 3, 3), torch.ones(2, 4, 3), impl="cuda"), ValueError, "unknown impl"),
-        (lambda: tada_conv2d(torch.randn(2, 4, 3, 8, 8), torch.randn(4, 4, 3, 3), torch.ones(2, 4, 3), bias_alpha=torch.ones(2, 4, 3)), ValueError, "bias is None"),
-        (lambda: tada_conv2d(torch.randn(2, 4, 3, 8, 8), torch.randn(4, 4, 3, 3), torch.ones(2, 4, 3), cal_dim="cin_cout"), TypeError, "pair"),
-        (lambda: tada_conv2d(torch.randn(2, 4, 3, 8, 8), torch.randn(4, 4, 3, 3), [[1.0]]), TypeError, "alpha must be a torch.Tensor"),
-        (lambda: tada_conv2d(torch.randn(2, 4, 3, 8, 8).numpy(), torch.randn(4, 4, 3, 3), torch.ones(2, 4, 3)), TypeError, "x must be a torch.Tensor"),
-        (lambda: tada_conv2d(torch.randn(2, 4, 3, 8, 8), torch.randn(4, 4, 3, 3), torch.ones(2, 4, 3), bias=torch.ones(3)), ValueError, r"bias must have shape \(4,\)"),
+        (lambda: tada_conv2d(torch.randn(2, 4, 8, 8), _w(), _a(2, 4, 1)), ValueError, "B, C_in, T, H, W"),
+        (lambda: tada_conv2d(_x(), _w(4, 3, 3, 3), _a()), ValueError, "input channels"),
+        (lambda: tada_conv2d(_x(), _w(4, 4, 3), _a()), ValueError, "Conv2d weight"),
+        (lambda: tada_conv2d(_x(), _w(), _a(2, 4, 5)), ValueError, r"alpha has shape \(2, 4, 5\)"),
+        (lambda: tada_conv2d(_x(), _w(), _a(2, 4)), ValueError, "alpha must have shape"),
+        (lambda: tada_conv2d(_x(), _w(), _a(), cal_dim="cx"), ValueError, "unknown cal_dim 'cx'"),
+        (lambda: tada_conv2d(_x(), _w(), _a(2, 9, 3), cal_dim="k2", impl="fast"), ValueError, "k2"),
+        (lambda: tada_conv2d(_x(), _w(), _a(), impl="cuda"), ValueError, "unknown impl"),
+        (lambda: tada_conv2d(_x(), _w(), _a(), bias_alpha=_a()), ValueError, "bias is None"),
+        (lambda: tada_conv2d(_x(), _w(), _a(), cal_dim="cin_cout"), TypeError, "pair"),
+        (lambda: tada_conv2d(_x(), _w(), [[1.0]]), TypeError, "alpha must be a torch.Tensor"),
+        (lambda: tada_conv2d(_x().numpy(), _w(), _a()), TypeError, "x must be a torch.Tensor"),
+        (lambda: tada_conv2d(_x(), _w(), _a(), bias=_a(3)), ValueError, r"bias must have shape \(4,\)"),
         (lambda: TAdaConv2d(8, 8, 3, cal_dim="cout2"), ValueError, "unknown cal_dim"),
         (lambda: TAdaConv2d(8, 8, 3, routing="v3"), ValueError, "unknown routing"),
         (lambda: TAdaConv2d(8, 8, 3, bias_calibration=True), ValueError, "bias=True"),
