@@ -6,6 +6,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+local"
 
-from . import nn  # noqa: E402
+from . import models, nn  # noqa: E402
+from .models import create_model, list_models  # noqa: E402
 
-__all__ = ["nn", "__version__"]
+__all__ = ["nn", "models", "create_model", "list_models", "__version__"]

@@ -1,0 +1,121 @@
+"""Parameter and FLOP counts per view, side by side with the paper's figures (SPEC §3).
+
+FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` on the meta device (no memory,
+no compute) and halved, so that one multiply-add is one FLOP as fvcore and the paper count them.
+Like fvcore, only matrix products and convolutions are counted (norms, activations and elementwise
+ops are not), which is why the operator's feature scaling adds almost nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .registry import create_model
+
+__all__ = ["PaperFigure", "PAPER", "count_params", "count_flops", "profile", "profile_model"]
+
+
+@dataclass(frozen=True)
+class PaperFigure:
+    """One row of SPEC §3: a registered model at the paper's frames and resolution."""
+
+    model: str
+    frames: int
+    size: int
+    params_m: float
+    gflops: float
+    note: str = ""
+    overrides: tuple = ()  # constructor overrides, as (key, value) pairs
+    params_tol: float = 0.015
+    gflops_tol: float = 0.03
+
+
+PAPER: List[PaperFigure] = [
+    PaperFigure("tsn_r50", 8, 224, 24.3, 33.00, "Table 1 'Net'"),
+    PaperFigure("tada2d_r50", 8, 224, 27.5, 33.02, "Table 1"),
+    PaperFigure("tada2d_r50", 16, 256, 27.5, 86, "Table 7"),
+    PaperFigure("tadaconvnextv2_tiny", 16, 256, 45.9, 47),
+    PaperFigure("tadaconvnextv2_small", 16, 256, 82.2, 91),
+    PaperFigure("tadaconvnextv2_base", 16, 256, 145.7, 162),
+    PaperFigure("tadaconvnext_tiny", 32, 224, 38.6, 94, "V1", params_tol=0.05, gflops_tol=0.05),
+    PaperFigure("tadaformer_b16", 16, 224, 104.1, 153),
+    PaperFigure("tadaformer_b16", 16, 224, 0.0, 187, "temp_enhance + double_tada",
+                overrides=(("temp_enhance", True), ("double_tada", True))),
+    PaperFigure("tadaformer_l14", 16, 224, 364, 703),
+    PaperFigure("tadaformer_l14", 16, 224, 0.0, 858, "temp_enhance + double_tada",
+                overrides=(("temp_enhance", True), ("double_tada", True))),
+]
+"""``params_m == 0`` means the paper gives no parameter count for that row."""
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, frames: int, size: int, batch: int = 1) -> float:
+    """GFLOPs (multiply-adds) of one forward pass on a ``(batch, 3, frames, size, size)`` input, on
+    whatever device the model is on (use the meta device to count without computing)."""
+    ref = next(model.parameters())
+    x = torch.zeros(batch, getattr(model, "in_chans", 3), frames, size, size, device=ref.device, dtype=ref.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def _build(name: str, num_classes: int, overrides: Dict) -> nn.Module:
+    try:
+        with torch.device("meta"):
+            return create_model(name, num_classes=num_classes, **overrides)
+    except (NotImplementedError, RuntimeError):  # an init that needs real data: build it for real
+        return create_model(name, num_classes=num_classes, **overrides)
+
+
+@dataclass
+class Profile:
+    model: str
+    frames: int
+    size: int
+    params_m: float
+    gflops: float
+    paper_params_m: Optional[float] = None
+    paper_gflops: Optional[float] = None
+    note: str = ""
+
+    @property
+    def params_diff(self) -> Optional[float]:
+        return None if not self.paper_params_m else 100 * (self.params_m / self.paper_params_m - 1)
+
+    @property
+    def gflops_diff(self) -> Optional[float]:
+        return None if not self.paper_gflops else 100 * (self.gflops / self.paper_gflops - 1)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["params_diff_pct"], d["gflops_diff_pct"] = self.params_diff, self.gflops_diff
+        return d
+
+
+def profile_model(model: nn.Module, frames: int, size: int) -> tuple:
+    """``(params in millions, GFLOPs per view)`` of a built model."""
+    return count_params(model) / 1e6, count_flops(model, frames, size)
+
+
+def profile(name: str, frames: int, size: int, num_classes: int = 400, overrides: Optional[Dict] = None,
+            paper: Optional[PaperFigure] = None) -> Profile:
+    model = _build(name, num_classes, dict(overrides or {}))
+    params_m, gflops = profile_model(model, frames, size)
+    return Profile(
+        name, frames, size, params_m, gflops,
+        paper.params_m if paper and paper.params_m else None,
+        paper.gflops if paper else None,
+        paper.note if paper else "",
+    )

@@ -1,0 +1,66 @@
+"""Model registry: ``@register_model`` factories, ``create_model`` and ``list_models``."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Callable, Dict, List, Optional, Union
+
+import torch.nn as nn
+
+__all__ = ["register_model", "create_model", "list_models", "is_model"]
+
+_MODELS: Dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a factory ``fn(*, num_classes=400, **kwargs) -> model`` under its function name."""
+    name = fn.__name__
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is registered twice")
+    _MODELS[name] = fn
+    return fn
+
+
+def is_model(name: str) -> bool:
+    return name in _MODELS
+
+
+def list_models(pattern: str = "*") -> List[str]:
+    """Registered model names matching a shell-style ``pattern`` (e.g. ``"tada*"``), sorted."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
+
+
+def _unknown(name: str) -> ValueError:
+    close = difflib.get_close_matches(str(name), list(_MODELS), n=3, cutoff=0.4)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ValueError(f"unknown model {name!r}{hint} (tada.list_models() lists all {len(_MODELS)})")
+
+
+def create_model(
+    name: str,
+    *,
+    pretrained: Optional[Union[str, "os.PathLike"]] = None,  # noqa: F821
+    num_classes: int = 400,
+    **overrides,
+) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: a name from :func:`list_models`.
+        pretrained: a local checkpoint path (ImageNet / CLIP / released TAda / this project's
+            checkpoints; the format is detected). Loading is strict: see
+            :func:`tada.models.pretrained.load_pretrained`.
+        num_classes: classifier size (0 for no classifier: ``forward`` returns pooled features).
+        overrides: constructor arguments of the family (e.g. ``drop_path_rate``, ``cal_dim``).
+    """
+    if name not in _MODELS:
+        raise _unknown(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+    model = _MODELS[name](num_classes=num_classes, **overrides)
+    model.model_name = name
+    if pretrained is not None:
+        from .pretrained import load_pretrained
+
+        load_pretrained(model, pretrained)
+    return model
