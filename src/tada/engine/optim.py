@@ -1,0 +1,99 @@
+"""Optimisers and schedules with the paper's parameter groups (SPEC §4).
+
+Parameters are grouped by what they are, never by substrings of their names:
+
+* no weight decay for every 0-/1-D tensor (norm weights and biases, all biases, layer scales) and for
+  what the model declares in ``no_weight_decay()`` (TAdaFormer's class and positional embeddings);
+* ``new_param_lr_mult`` x lr for parameters that are new by design (routing functions, T-Pool's
+  second norm, TAda branches: ``model.new_parameter_names()``) and for the classifier
+  (``model.head_keys()``): TAdaFormer uses 10;
+* layer-wise lr decay: ``decay ** (depth - i)`` for the parameters of the i-th entry of
+  ``model.layer_groups()`` (a list of modules or parameter-name sets, input side first).
+
+The schedule is timm's per-iteration cosine with linear warmup; every group's ``lr_scale`` multiplies it.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Set
+
+import torch
+import torch.nn as nn
+
+from .config import OptimConfig
+
+__all__ = ["param_groups", "build_optimizer", "build_scheduler", "scaled_lr"]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _layer_of(model: nn.Module) -> Optional[Dict[str, int]]:
+    groups = getattr(model, "layer_groups", None)
+    if groups is None:
+        return None
+    out: Dict[str, int] = {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for i, g in enumerate(groups()):
+        params = g.parameters() if isinstance(g, nn.Module) else [dict(model.named_parameters())[n] for n in g]
+        for p in params:
+            out.setdefault(names[id(p)], i)
+    return out
+
+
+def param_groups(model: nn.Module, *, weight_decay: float, new_param_lr_mult: float = 1.0,
+                 layer_decay: Optional[float] = None) -> List[dict]:
+    model = _unwrap(model)
+    no_wd: Set[str] = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    new: Set[str] = set(model.new_parameter_names()) if hasattr(model, "new_parameter_names") else set()
+    head: Set[str] = set(model.head_keys()) if hasattr(model, "head_keys") else set()
+    layers = _layer_of(model) if layer_decay is not None else None
+    if layer_decay is not None and layers is None:
+        raise ValueError(f"optim.layer_decay is set but {type(model).__name__} defines no layer_groups(); "
+                         "layer-wise lr decay applies to TAdaFormer / ViT models")
+    depth = (max(layers.values()) if layers else 0)
+    groups: Dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        wd = 0.0 if (p.ndim <= 1 or name in no_wd) else weight_decay
+        scale = new_param_lr_mult if (name in new or name in head) else 1.0
+        layer = None
+        if layers is not None:
+            layer = layers.get(name, depth)  # not in any group: treated as the top (head side)
+            scale *= layer_decay ** (depth - layer)
+        key = (wd, scale, layer)
+        g = groups.setdefault(key, {"params": [], "param_names": [], "weight_decay": wd, "lr_scale": scale})
+        g["params"].append(p)
+        g["param_names"].append(name)
+    return list(groups.values())
+
+
+def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
+    """``cfg.lr`` scaled linearly to the global batch when ``cfg.base_batch_size`` is set."""
+    return cfg.lr * global_batch / cfg.base_batch_size if cfg.base_batch_size else cfg.lr
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    groups = param_groups(model, weight_decay=cfg.weight_decay, new_param_lr_mult=cfg.new_param_lr_mult,
+                          layer_decay=cfg.layer_decay)
+    for g in groups:  # the scheduler multiplies each group's lr by its lr_scale (timm convention)
+        g["lr"] = lr
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
+    raise ValueError(f"unknown optimiser {cfg.name!r}; expected 'sgd' or 'adamw'")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, iters_per_epoch: int):
+    """Per-iteration cosine from the base lr to ``min_lr`` after ``warmup_epochs`` of linear warmup
+    from ``warmup_start_lr``; call ``scheduler.step_update(global_step)`` every iteration."""
+    from timm.scheduler import CosineLRScheduler
+
+    total = max(1, cfg.epochs * iters_per_epoch)
+    warmup = int(round(cfg.warmup_epochs * iters_per_epoch))
+    return CosineLRScheduler(
+        optimizer, t_initial=max(1, total - warmup), lr_min=cfg.min_lr, warmup_t=warmup,
+        warmup_lr_init=cfg.warmup_start_lr, warmup_prefix=True, t_in_epochs=False,
+    )

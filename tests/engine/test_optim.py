@@ -1,0 +1,74 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from tada.engine.config import OptimConfig
+from tada.engine.optim import build_optimizer, build_scheduler, param_groups
+from tada.models import VideoClassifier, mark_new_by_design
+from tada.nn import TAdaConv2d
+
+
+class Net(VideoClassifier):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Parameter(torch.zeros(4, 8))
+        self.stem = nn.Conv3d(3, 8, 1)
+        self.norm = nn.LayerNorm(8)
+        self.tada = TAdaConv2d(8, 8, 3, padding=1)
+        self.branch = mark_new_by_design(nn.Linear(8, 8))
+        self._init_head(8, 5)
+
+    def no_weight_decay(self):
+        return {"embed"}
+
+    def layer_groups(self):
+        return [["embed", "stem.weight", "stem.bias"], self.norm, self.tada, self.branch]
+
+
+def _group_of(groups, name):
+    return next(g for g in groups if name in g["param_names"])
+
+
+def test_groups_by_what_parameters_are():
+    m = Net()
+    groups = param_groups(m, weight_decay=0.05, new_param_lr_mult=10.0)
+    assert _group_of(groups, "stem.weight")["weight_decay"] == 0.05
+    for n in ("stem.bias", "norm.weight", "norm.bias", "embed", "head.bias"):
+        assert _group_of(groups, n)["weight_decay"] == 0.0, n
+    for n in ("tada.routing.a.weight", "tada.routing.heads.b.weight", "branch.weight", "head.weight"):
+        assert _group_of(groups, n)["lr_scale"] == 10.0, n
+    for n in ("stem.weight", "tada.weight", "norm.weight"):
+        assert _group_of(groups, n)["lr_scale"] == 1.0, n
+    assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+
+
+def test_layer_decay():
+    m = Net()
+    groups = param_groups(m, weight_decay=0.0, layer_decay=0.5)
+    assert _group_of(groups, "embed")["lr_scale"] == 0.5 ** 3
+    assert _group_of(groups, "norm.weight")["lr_scale"] == 0.5 ** 2
+    assert _group_of(groups, "tada.weight")["lr_scale"] == 0.5
+    assert _group_of(groups, "head.weight")["lr_scale"] == 1.0  # not in a group: top
+    with pytest.raises(ValueError, match="layer_groups"):
+        param_groups(nn.Linear(2, 2), weight_decay=0.0, layer_decay=0.5)
+
+
+def test_warmup_then_cosine_per_iteration():
+    m = Net()
+    cfg = OptimConfig(name="adamw", lr=1e-3, epochs=2, warmup_epochs=0.5, warmup_start_lr=1e-6, min_lr=1e-5,
+                      new_param_lr_mult=10.0)
+    opt = build_optimizer(m, cfg, cfg.lr)
+    sched = build_scheduler(opt, cfg, iters_per_epoch=10)  # 5 warmup iterations, 15 cosine
+    base = next(i for i, g in enumerate(opt.param_groups) if g["lr_scale"] == 1.0)
+    new = next(i for i, g in enumerate(opt.param_groups) if g["lr_scale"] == 10.0)
+    lrs = []
+    for step in range(20):
+        sched.step_update(step)
+        lrs.append(opt.param_groups[base]["lr"])
+        assert opt.param_groups[new]["lr"] == pytest.approx(10 * lrs[-1])
+    assert lrs[0] == pytest.approx(1e-6)
+    assert all(a < b for a, b in zip(lrs[:5], lrs[1:6]))  # warmup rises
+    assert lrs[5] == pytest.approx(1e-3)  # peak after warmup
+    assert all(a >= b for a, b in zip(lrs[5:], lrs[6:]))  # cosine falls
+    sched.step_update(20)
+    assert opt.param_groups[base]["lr"] == pytest.approx(1e-5)
