@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import ctypes
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from _common import machine_info, peak_memory_growth, sync
 from tada.nn.functional import tada_conv2d
 from tada.utils import tune_cpu_allocator
 
@@ -122,11 +121,6 @@ class Case:
                 p.grad = None
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_shape(s: Shape, device, dtype, repeats, warmup):
     case = Case(s, device, dtype)
     results = {}
@@ -134,10 +128,10 @@ def time_shape(s: Shape, device, dtype, repeats, warmup):
         samples = {impl: [] for impl in IMPLS}
         for i in range(warmup + repeats):
             for impl in IMPLS:  # interleaved: drift and thermal effects hit every impl alike
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 fn(impl)
-                _sync(device)
+                sync(device)
                 if i >= warmup:
                     samples[impl].append(time.perf_counter() - t0)
         results[mode] = {impl: statistics.median(v) * 1e3 for impl, v in samples.items()}
@@ -159,33 +153,12 @@ def _saved_bytes(case: Case, impl: str) -> int:
     return sum(n for ptr, n in storages.items() if ptr not in leaves)  # activations only, not the inputs
 
 
-def _proc_status_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def memory_worker(shape: dict, impl: str, device: str, dtype: str):
     """Runs in a fresh process: (bytes saved for backward, peak memory growth) of one forward+backward."""
     dev, dt = torch.device(device), getattr(torch, dtype)
     case = Case(Shape(**shape), dev, dt)
     saved = _saved_bytes(case, impl)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        base = torch.cuda.memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        case.forward_backward(impl)
-        torch.cuda.synchronize(dev)
-        return saved, torch.cuda.max_memory_allocated(dev) - base
-    # CPU: give freed memory back, then reset the kernel's high-water mark (VmHWM) to the current RSS
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _proc_status_kb("VmRSS")
-    case.forward_backward(impl)
-    return saved, (_proc_status_kb("VmHWM") - base) * 1024
+    return saved, peak_memory_growth(lambda: case.forward_backward(impl), dev)
 
 
 class Block:
@@ -239,34 +212,14 @@ def time_block(s: Shape, device, dtype, repeats, warmup):
         samples = {k: [] for k in fns}
         for i in range(warmup + 1 + repeats):  # +1: the first call of a compiled fn compiles
             for k, (fn, takes_alpha) in fns.items():
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 blk.step(fn, takes_alpha, train)
-                _sync(device)
+                sync(device)
                 if i > warmup:
                     samples[k].append(time.perf_counter() - t0)
         out[mode] = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
     return out
-
-
-def machine_info(device):
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-    }
-    if device.type == "cuda":
-        info["device"] = torch.cuda.get_device_name(device)
-    else:
-        cpu = platform.processor()
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-        info["device"] = f"CPU: {cpu}, {os.cpu_count()} cores"
-    return info
 
 
 def _fmt_table(rows, mem, tuned):
