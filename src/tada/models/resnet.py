@@ -1,1 +1,463 @@
-"""(being written)"""
+"""ResNet-50-layout video classifiers: TSN-R50 (per-frame 2D ResNet) and TAda2D-R50 (SPEC §2).
+
+Layout (a torchvision ``resnet50`` with the max-pool replaced by a stride):
+
+* stem ``conv1`` 7x7 stride 2 on every frame, ``bn1``, ReLU, **no max-pool**;
+* stages ``layer1..layer4`` of :class:`Bottleneck` blocks (3-4-6-3 for R50, widths 256/512/1024/2048,
+  bottleneck width = width / 4); the first block of *every* stage, ``layer1`` included, has spatial
+  stride 2 in its 3x3 conv and in its 1x1 shortcut conv (``downsample``);
+* head: mean over (T, H, W), dropout, Linear (:class:`~tada.models.base.VideoClassifier`).
+
+A bottleneck is ``conv1 -> bn1 -> ReLU -> conv2 (3x3) -> bn2 | agg -> ReLU -> conv3 -> bn3``,
+``+ downsample(x)``, ReLU. In TAda2D ``conv2`` is a :class:`~tada.nn.TAdaConv2d` (``cin``, no bias, V1
+routing r=4 on the conv input, at ``conv2.routing``) and the BN after it is replaced by T-Pool
+(:class:`~tada.nn.TemporalAggregation`, at ``agg``: ``agg.norm1`` takes torchvision's ``bn2``,
+``agg.norm2`` is zero-initialised). TSN uses an ``nn.Conv2d`` and ``bn2``.
+
+Speed: the trunk runs on 4-D ``(B*T, C, H, W)`` tensors with ordinary ``nn.Conv2d`` /
+``nn.BatchNorm2d`` (BatchNorm over ``(B*T, H, W)`` has exactly the statistics of a BatchNorm3d over
+``(B, T, H, W)``). Only the TAdaConv and the temporal pool see the frames, through free views of the
+frame-major ``(B*T, C, H, W)`` memory (:func:`tada.nn.functional.batch_to_frames`). Blocks take and
+return ``(B, C, T, H, W)`` tensors stored frame-major, so chaining them copies nothing.
+
+Weights: :meth:`VideoResNet.checkpoint_filter_fn` reads torchvision ``resnet50`` state dicts (the
+same keys as this module, ``fc`` -> ``head``, ``bn2`` -> ``agg.norm1`` when T-Pool is on), the paper's
+released TAda2D checkpoints (SPEC §6) and this project's own.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch.nn as nn
+from torch import Tensor
+
+from ..nn import TAdaConv2d, TemporalAggregation, temporal_pool
+from ..nn.aggregation import NORMS, POOLS, SHORTCUTS
+from ..nn.functional import CAL_DIMS, IMPLS, batch_to_frames, frames_to_batch
+from .base import VideoClassifier
+from .convert import convert_released_route_mlp, squeeze_tada_weight
+from .registry import register_model
+
+__all__ = [
+    "VideoResNet",
+    "Bottleneck",
+    "aggregate_frame_major",
+    "tsn_r50",
+    "tada2d_r50",
+    "tsn_r_mini",
+    "tada2d_r_mini",
+]
+
+ROUTINGS = ("v1", "v2")
+
+R50_DEPTHS = (3, 4, 6, 3)
+R50_WIDTHS = (256, 512, 1024, 2048)
+# Mini variant for CPU tests and smoke runs: one block per stage, half the R50 widths and stem.
+MINI_DEPTHS = (1, 1, 1, 1)
+MINI_WIDTHS = (64, 128, 256, 512)
+MINI_STEM = 32
+
+
+# -- validation ------------------------------------------------------------------------------------
+def _check_pos_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {tuple(choices)}")
+    return value
+
+
+def _check_int_seq(value: Any, name: str) -> Tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
+        raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {value!r}")
+    return tuple(_check_pos_int(v, f"{name}[{i}]") for i, v in enumerate(value))
+
+
+# -- T-Pool on frame-major 4-D tensors --------------------------------------------------------------
+def aggregate_frame_major(agg: TemporalAggregation, y: Tensor, frames: int) -> Tensor:
+    """``agg(y)`` for ``y`` given as frame-major ``(B*T, C, H, W)``; returns ``(B*T, C, H, W)``.
+
+    Equal to ``frames_to_batch(agg(batch_to_frames(y, B, T)))`` without any layout copy: the temporal
+    pool runs on a ``(B, 1, T, C, H*W)`` view (pooling dim 2, which is T there) and the norms run on
+    ``(B*T, C, 1, H, W)``, over which a BatchNorm3d has the statistics of one over ``(B, C, T, H, W)``
+    and a channel LayerNorm is unchanged.
+    """
+    n, c, h, w = y.shape
+    if n % frames:
+        raise ValueError(f"batch of {n} frames is not a multiple of T={frames}")
+    pooled = temporal_pool(y.reshape(n // frames, 1, frames, c, h * w), agg.pool).reshape(n, c, 1, h, w)
+    y5 = y.unsqueeze(2)
+    if agg.shortcut == "separate":
+        z = agg.norm1(y5) + agg.norm2(pooled)
+    elif agg.shortcut == "shared":
+        z = agg.norm1(y5 + pooled)
+    else:
+        z = agg.norm1(pooled)
+    return z.squeeze(2)
+
+
+# -- blocks -----------------------------------------------------------------------------------------
+class Bottleneck(nn.Module):
+    """ResNet bottleneck on ``(B, C, T, H, W)`` video tensors (stride on the 3x3 conv, "v1.5").
+
+    Args:
+        in_channels, out_channels: block input / output widths; the bottleneck width is
+            ``out_channels // bottleneck_ratio``.
+        stride: spatial stride of the 3x3 conv and of the shortcut conv.
+        tada: ``conv2`` is a :class:`~tada.nn.TAdaConv2d` (else an ``nn.Conv2d``).
+        cal_dim, routing, routing_kwargs, tada_impl: passed to the TAdaConv2d.
+        aggregation: replace ``bn2`` by T-Pool (``agg``) with ``agg_norm`` / ``agg_pool`` / ``agg_shortcut``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        *,
+        bottleneck_ratio: int = 4,
+        tada: bool = False,
+        cal_dim: str = "cin",
+        routing: str = "v1",
+        routing_kwargs: Optional[Mapping[str, Any]] = None,
+        tada_impl: str = "auto",
+        aggregation: bool = False,
+        agg_norm: str = "bn",
+        agg_pool: str = "avg",
+        agg_shortcut: str = "separate",
+    ):
+        super().__init__()
+        if out_channels % bottleneck_ratio:
+            raise ValueError(f"out_channels={out_channels} is not divisible by bottleneck_ratio={bottleneck_ratio}")
+        mid = out_channels // bottleneck_ratio
+        self.tada, self.aggregation = tada, aggregation
+        self.conv1 = nn.Conv2d(in_channels, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        if tada:
+            self.conv2 = TAdaConv2d(
+                mid, mid, 3, stride, 1, bias=False, cal_dim=cal_dim, routing=routing,
+                routing_kwargs=_routing_kwargs(routing, mid, routing_kwargs), impl=tada_impl,
+            )
+        else:
+            self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False)
+        if aggregation:
+            self.bn2 = None
+            self.agg = TemporalAggregation(mid, norm=agg_norm, pool=agg_pool, shortcut=agg_shortcut)
+        else:
+            self.bn2 = nn.BatchNorm2d(mid)
+            self.agg = None
+        self.conv3 = nn.Conv2d(mid, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C_in, T, H, W)`` -> ``(B, C_out, T, H', W')`` (stored frame-major)."""
+        b, _, t = x.shape[:3]
+        x4 = frames_to_batch(x)  # a free view when x is frame-major (the output of a block or the stem)
+        out = self.relu(self.bn1(self.conv1(x4)))
+        if self.tada:
+            out = frames_to_batch(self.conv2(batch_to_frames(out, b, t)))
+        else:
+            out = self.conv2(out)
+        out = aggregate_frame_major(self.agg, out, t) if self.agg is not None else self.bn2(out)
+        out = self.bn3(self.conv3(self.relu(out)))
+        identity = x4 if self.downsample is None else self.downsample(x4)
+        return batch_to_frames(self.relu(out + identity), b, t)
+
+
+def _routing_kwargs(routing: str, channels: int, user: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Routing arguments for one TAdaConv of ``channels`` inputs.
+
+    V1 takes the user's arguments as they are (RouteFuncMLP defaults: r=4, kernels (3, 3), global
+    context, non-linear). V2 (RouteFuncAttn, r=2 by default) needs a ``head_dim`` dividing the reduced
+    width, which varies across stages: unless given, it is ``gcd(channels // r, 16)``.
+    """
+    kw = dict(user or {})
+    if routing == "v2" and "head_dim" not in kw:
+        r = kw.get("reduction", 2)
+        if isinstance(r, int) and not isinstance(r, bool) and r >= 1 and channels // r >= 1:
+            kw["head_dim"] = math.gcd(channels // r, 16)
+    return kw
+
+
+# -- the model --------------------------------------------------------------------------------------
+class VideoResNet(VideoClassifier):
+    """ResNet-layout video classifier (TSN-R50, TAda2D-R50 and their ablations).
+
+    Args:
+        depths: blocks per stage (R50: ``(3, 4, 6, 3)``).
+        widths: output width of each stage (R50: ``(256, 512, 1024, 2048)``).
+        stem_width: channels of the 7x7 stem conv (R50: 64).
+        bottleneck_ratio: stage width / bottleneck width (4).
+        tada: TAdaConv2d (True) or a plain 3x3 Conv2d (False, TSN) in every bottleneck.
+        cal_dim: TAdaConv calibration, ``"cin"`` (default) | ``"cout"`` | ``"cin_cout"`` | ``"k2"``
+            (paper Table 3b).
+        routing: ``"v1"`` (RouteFuncMLP, default) | ``"v2"`` (RouteFuncAttn).
+        routing_kwargs: extra routing arguments, e.g. ``reduction``, ``kernels``, ``global_context``,
+            ``linear`` for V1 (Table 3d), ``head_dim`` for V2.
+        tada_impl: TAdaConv implementation, ``"auto"`` | ``"fast"`` | ``"grouped"``.
+        aggregation: T-Pool after the 3x3 conv (default: on exactly when ``tada`` is).
+        agg_norm: ``"bn"`` (default) | ``"ln"``; agg_pool: ``"avg"`` | ``"max"`` | ``"mix"``;
+        agg_shortcut: ``"separate"`` | ``"shared"`` | ``"none"`` (Table 3e).
+        drop_rate: head dropout (0.5).
+        num_classes: classifier size (0: ``forward`` returns pooled features).
+    """
+
+    def __init__(
+        self,
+        *,
+        depths: Sequence[int] = R50_DEPTHS,
+        widths: Sequence[int] = R50_WIDTHS,
+        stem_width: int = 64,
+        bottleneck_ratio: int = 4,
+        tada: bool = True,
+        cal_dim: str = "cin",
+        routing: str = "v1",
+        routing_kwargs: Optional[Mapping[str, Any]] = None,
+        tada_impl: str = "auto",
+        aggregation: Optional[bool] = None,
+        agg_norm: str = "bn",
+        agg_pool: str = "avg",
+        agg_shortcut: str = "separate",
+        drop_rate: float = 0.5,
+        num_classes: int = 400,
+    ):
+        super().__init__()
+        depths = _check_int_seq(depths, "depths")
+        widths = _check_int_seq(widths, "widths")
+        if len(depths) != len(widths):
+            raise ValueError(f"depths {depths} and widths {widths} must have the same length (one per stage)")
+        stem_width = _check_pos_int(stem_width, "stem_width")
+        bottleneck_ratio = _check_pos_int(bottleneck_ratio, "bottleneck_ratio")
+        for i, w in enumerate(widths):
+            if w % bottleneck_ratio:
+                raise ValueError(f"widths[{i}]={w} is not divisible by bottleneck_ratio={bottleneck_ratio}")
+        tada = _check_bool(tada, "tada")
+        aggregation = tada if aggregation is None else _check_bool(aggregation, "aggregation")
+        _check_choice(cal_dim, "cal_dim", CAL_DIMS)
+        _check_choice(routing, "routing", ROUTINGS)
+        _check_choice(tada_impl, "tada_impl", IMPLS)
+        if tada_impl == "fast" and cal_dim == "k2":
+            raise ValueError("cal_dim='k2' has no exact fast path: use tada_impl='grouped' or 'auto'")
+        _check_choice(agg_norm, "agg_norm", NORMS)
+        _check_choice(agg_pool, "agg_pool", POOLS)
+        _check_choice(agg_shortcut, "agg_shortcut", SHORTCUTS)
+        if routing_kwargs is not None:
+            if not isinstance(routing_kwargs, Mapping):
+                raise ValueError(f"routing_kwargs must be a dict, got {type(routing_kwargs).__name__}")
+            if not tada:
+                raise ValueError("routing_kwargs only apply to TAda models (tada=True)")
+        if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be a float in [0, 1), got {drop_rate!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+
+        self.depths, self.widths, self.stem_width = depths, widths, stem_width
+        self.tada, self.aggregation, self.cal_dim, self.routing = tada, aggregation, cal_dim, routing
+        self.agg_norm = agg_norm
+
+        self.conv1 = nn.Conv2d(self.in_chans, stem_width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_width)
+        self.relu = nn.ReLU(inplace=True)
+        block_kwargs = dict(
+            bottleneck_ratio=bottleneck_ratio, tada=tada, cal_dim=cal_dim, routing=routing,
+            routing_kwargs=routing_kwargs, tada_impl=tada_impl, aggregation=aggregation,
+            agg_norm=agg_norm, agg_pool=agg_pool, agg_shortcut=agg_shortcut,
+        )
+        in_ch = stem_width
+        self.stage_names = []
+        for i, (depth, width) in enumerate(zip(depths, widths)):
+            blocks = []
+            for j in range(depth):
+                blocks.append(Bottleneck(in_ch, width, 2 if j == 0 else 1, **block_kwargs))
+                in_ch = width
+            name = f"layer{i + 1}"
+            self.add_module(name, nn.Sequential(*blocks))
+            self.stage_names.append(name)
+        self._init_weights()
+        self._init_head(in_ch, num_classes, float(drop_rate))
+
+    def _init_weights(self) -> None:
+        # torchvision's ResNet init for the 2D convs (BN is weight 1 / bias 0 by default; T-Pool's
+        # norm2 and the routing's last conv keep their zero init).
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, TAdaConv2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @property
+    def stages(self):
+        return [getattr(self, n) for n in self.stage_names]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, 3, T, H, W)`` -> ``(B, widths[-1], T, H/32, W/32)`` (before pooling)."""
+        self.check_input(x)
+        b, t = x.shape[0], x.shape[2]
+        x = self.relu(self.bn1(self.conv1(frames_to_batch(x))))
+        x = batch_to_frames(x, b, t)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def checkpoint_filter_fn(self, state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        """Convert a torchvision ``resnet50``, a released TAda2D or this project's state dict to this
+        model's keys (a new dict; the input is not modified)."""
+        keys = list(state_dict)
+        if any(k.startswith("backbone.") for k in keys):
+            if "backbone.conv1.a.weight" not in state_dict:
+                raise ValueError(
+                    "checkpoint has 'backbone.' keys but not the released TAda2D/ResNet layout "
+                    "(expected backbone.conv1.a.weight, backbone.conv2.res_*.conv_branch.*); "
+                    f"found e.g. {sorted(keys)[:5]}"
+                )
+            return self._from_released(state_dict)
+        if "conv1.weight" in state_dict and any(k.startswith("layer1.") for k in keys):
+            return self._from_torchvision(state_dict)
+        raise ValueError(
+            "unrecognised checkpoint format for a ResNet video model: expected a torchvision resnet "
+            "state dict (conv1.weight, bn1.*, layer1.0.conv1.weight, ..., fc.weight), a released TAda2D "
+            "checkpoint (backbone.conv1.a.weight, backbone.conv2.res_*.conv_branch.*, head.out.weight) "
+            f"or this project's keys; found e.g. {sorted(keys)[:5]}"
+        )
+
+    def _from_torchvision(self, sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        """torchvision keys are this module's keys except ``fc`` (-> ``head``) and, with T-Pool,
+        ``bn2`` (-> ``agg.norm1``; a LayerNorm T-Pool takes the BN's affine parameters only, its
+        running statistics have no counterpart). This project's own keys pass through unchanged."""
+        out: Dict[str, Tensor] = {}
+        bn2 = re.compile(r"^(layer\d+\.\d+\.)bn2\.(.+)$")
+        for k, v in sd.items():
+            if k.startswith("fc."):
+                k = "head." + k[3:]
+            elif self.aggregation:
+                m = bn2.match(k)
+                if m:
+                    if self.agg_norm == "ln" and m.group(2) not in ("weight", "bias"):
+                        continue
+                    k = f"{m.group(1)}agg.norm1.{m.group(2)}"
+            out[k] = v
+        return out
+
+    def _from_released(self, sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        """The paper's released TAda2D layout (SPEC §6) -> this model's keys.
+
+        ``backbone.conv1.{a, a_bn}`` -> ``conv1`` / ``bn1``; ``backbone.conv{s}.res_{k}`` ->
+        ``layer{s-1}.{k - k_min}`` (0- or 1-based ``k``, detected per stage) with ``short_cut(_bn)`` ->
+        ``downsample.{0,1}``, ``conv_branch.{a, a_bn, b, b_rf, b_bn, b_avgpool_bn, c, c_bn}`` ->
+        ``conv1, bn1, conv2.weight, conv2.routing, bn2 | agg.norm1, agg.norm2, conv3, bn3``;
+        ``head.out`` -> ``head``. 5-D Conv3d weights ``(O, I, 1, k, k)`` lose their time dim, the 6-D
+        TAdaConv weight is squeezed. Unknown keys are kept as they are, so strict loading names them.
+        """
+        res = re.compile(r"^backbone\.conv(\d+)\.res_(\d+)\.(.+)$")
+        first: Dict[int, int] = {}
+        for k in sd:
+            m = res.match(k)
+            if m:
+                s, i = int(m.group(1)), int(m.group(2))
+                first[s] = min(first.get(s, i), i)
+
+        branch = {"a": "conv1", "a_bn": "bn1", "b_bn": "agg.norm1" if self.aggregation else "bn2",
+                  "b_avgpool_bn": "agg.norm2", "c": "conv3", "c_bn": "bn3"}
+        out: Dict[str, Tensor] = {}
+        routes: Dict[str, Dict[str, Tensor]] = {}
+        for k, v in sd.items():
+            if k.startswith("head.out."):
+                out["head." + k[len("head.out."):]] = v
+                continue
+            if k.startswith("backbone.conv1."):
+                rest = k[len("backbone.conv1."):]
+                mod, _, param = rest.partition(".")
+                if mod in ("a", "a_bn"):
+                    dst = f"{'conv1' if mod == 'a' else 'bn1'}.{param}"
+                    out[dst] = _conv_weight(v, k) if param == "weight" and mod == "a" else v
+                    continue
+            m = res.match(k)
+            if m:
+                s, i, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+                blk = f"layer{s - 1}.{i - first[s]}"
+                mod, _, param = rest.partition(".")
+                if mod in ("short_cut", "short_cut_bn"):
+                    dst = f"{blk}.downsample.{0 if mod == 'short_cut' else 1}.{param}"
+                    out[dst] = _conv_weight(v, k) if mod == "short_cut" and param == "weight" else v
+                    continue
+                if mod == "conv_branch":
+                    sub, _, param = param.partition(".")
+                    if sub == "b" and param == "weight":
+                        out[f"{blk}.conv2.weight"] = _tada_or_conv_weight(v, k)
+                        continue
+                    if sub == "b_rf":
+                        routes.setdefault(blk, {})[param] = v
+                        continue
+                    if sub in branch:
+                        is_conv = sub in ("a", "c") and param == "weight"
+                        out[f"{blk}.{branch[sub]}.{param}"] = _conv_weight(v, k) if is_conv else v
+                        continue
+            out[k] = v  # unknown: strict loading reports it
+        for blk, rf in routes.items():
+            try:
+                out.update(convert_released_route_mlp(rf, f"{blk}.conv2.routing"))
+            except ValueError as e:
+                raise ValueError(f"routing of {blk} (released b_rf): {e}") from e
+        return out
+
+
+def _conv_weight(w: Tensor, key: str) -> Tensor:
+    """Released Conv3d weight ``(O, I, 1, kh, kw)`` -> Conv2d ``(O, I, kh, kw)``."""
+    if w.dim() == 4:
+        return w
+    if w.dim() != 5 or w.shape[2] != 1:
+        raise ValueError(f"{key}: expected a 2D conv stored as Conv3d (O, I, 1, kh, kw), got shape {tuple(w.shape)}")
+    return w.reshape(w.shape[:2] + w.shape[3:])
+
+
+def _tada_or_conv_weight(w: Tensor, key: str) -> Tensor:
+    if w.dim() == 6:
+        try:
+            return squeeze_tada_weight(w)
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}") from e
+    return _conv_weight(w, key)
+
+
+# -- registered models ------------------------------------------------------------------------------
+@register_model
+def tsn_r50(*, num_classes: int = 400, **kwargs) -> VideoResNet:
+    """TSN-R50: ResNet-50 applied per frame, frames averaged (24.3M params, 33.0 GFLOPs at 8x224²)."""
+    return VideoResNet(depths=R50_DEPTHS, widths=R50_WIDTHS, tada=False, num_classes=num_classes, **kwargs)
+
+
+@register_model
+def tada2d_r50(*, num_classes: int = 400, **kwargs) -> VideoResNet:
+    """TAda2D-R50: TAdaConv (cin, V1 routing r=4) + T-Pool in every bottleneck (27.5M, 33.02 GFLOPs)."""
+    return VideoResNet(depths=R50_DEPTHS, widths=R50_WIDTHS, tada=True, num_classes=num_classes, **kwargs)
+
+
+@register_model
+def tsn_r_mini(*, num_classes: int = 400, **kwargs) -> VideoResNet:
+    """A small TSN ResNet for CPU tests: one bottleneck per stage, widths 64/128/256/512, stem 32."""
+    return VideoResNet(depths=MINI_DEPTHS, widths=MINI_WIDTHS, stem_width=MINI_STEM, tada=False,
+                       num_classes=num_classes, **kwargs)
+
+
+@register_model
+def tada2d_r_mini(*, num_classes: int = 400, **kwargs) -> VideoResNet:
+    """The TAda2D counterpart of :func:`tsn_r_mini` (same code and options as TAda2D-R50)."""
+    return VideoResNet(depths=MINI_DEPTHS, widths=MINI_WIDTHS, stem_width=MINI_STEM, tada=True,
+                       num_classes=num_classes, **kwargs)
