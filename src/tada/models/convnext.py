@@ -1,1 +1,599 @@
-"""(being written)"""
+"""ConvNeXt-layout video models: the TSN baseline, TAdaConvNeXtV2 and TAdaConvNeXt (V1).
+
+One class, :class:`VideoConvNeXt`, covers the three (SPEC §2):
+
+==========================  ==========  ===========  ================  =========================
+factory                     ``tada``    ``tubelet``  ``aggregation``   depthwise conv
+==========================  ==========  ===========  ================  =========================
+``tsn_convnext_*``          ``None``    False        False             Conv2d per frame
+``tadaconvnextv2_*``        ``"v2"``    True         True (T-Pool)     TAdaConv2d, RouteFuncAttn
+``tadaconvnext_tiny``       ``"v1"``    True         False             TAdaConv2d, RouteFuncMLP
+==========================  ==========  ===========  ================  =========================
+
+Block: depthwise 7x7 conv (a TAdaConv2d calibrating its output channels and, V2 and the release's
+V1, its bias) -> T-Pool with LayerNorms (or one LayerNorm) -> Linear C->4C -> act -> Linear 4C->C
+-> layer scale -> drop path -> residual.
+
+**Layout.** Activations travel between blocks as contiguous ``(B, T, H, W, C)`` tensors (channels
+last, frame-major). LayerNorm and the two Linears work on the last dimension with no copy, and the
+same memory read as ``(B, C, T, H, W)`` (what :class:`~tada.nn.TAdaConv2d`, the routing and T-Pool
+take) or, with frames folded into the batch, as a channels-last ``(B*T, C, H, W)`` image batch (what
+the convolutions see) is a free view. The baseline and the TAda models share every layout choice, so
+their cost ratio measures what TAda adds. The only layout copy of the network is the input, made
+channels-last once before the stem.
+
+**Weights.** :meth:`VideoConvNeXt.checkpoint_filter_fn` reads ImageNet ConvNeXt checkpoints in the
+original (``downsample_layers`` / ``dwconv`` / ``pwconv1``) and timm (``stem`` / ``conv_dw`` /
+``mlp.fc1``) layouts, the paper's released TAdaConvNeXtV2 checkpoints (``backbone.*``, SPEC §6) and
+this project's own. From a 2D checkpoint the tubelet stem is centre-initialised in time and the 2D
+block norm becomes T-Pool's first norm; with the routing's zero-initialised last layers and T-Pool's
+zero-initialised second norm, TAdaConvNeXtV2 then equals the ImageNet ConvNeXt applied to frames
+0, 2, 4, ... (and the TSN baseline equals it on every frame).
+
+**Activation.** ``act="gelu"`` (default) is ImageNet ConvNeXt's exact GELU, so models built from
+ImageNet weights are exact at init. The released TAdaConvNeXtV2 checkpoints were trained with
+QuickGELU: build those models with ``act="quick_gelu"``, e.g.
+``tada.create_model("tadaconvnextv2_tiny", pretrained="k400.pyth", act="quick_gelu")`` (loading a
+released checkpoint into a GELU model warns).
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..nn import QuickGELU, RouteFuncAttn, RouteFuncMLP, TAdaConv2d, TemporalAggregation
+from ..nn.functional import batch_to_frames, frames_to_batch
+from .base import VideoClassifier
+from .convert import conv_to_linear, convert_released_route_attn, squeeze_tada_bias, squeeze_tada_weight
+from .pretrained import centre_inflate
+from .registry import register_model
+
+__all__ = ["VideoConvNeXt", "FrameConv2d", "ConvNeXtBlock", "drop_path"]
+
+TADA_VERSIONS = (None, "v1", "v2")
+ACTS = ("gelu", "quick_gelu")
+_LN_EPS = 1e-6
+
+
+# -- small layers ---------------------------------------------------------------------------------
+def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
+    """Stochastic depth with one decision per video: ``x`` is ``(B, ...)`` and all frames, positions
+    and channels of a video are kept or dropped together (kept ones are scaled by ``1 / (1 - p)``)."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class DropPath(nn.Module):
+    """Module form of :func:`drop_path` (one decision per video)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return drop_path(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.3g}"
+
+
+class FrameConv2d(nn.Conv2d):
+    """A Conv2d applied to every frame of a ``(B, C, T, H, W)`` tensor; returns ``(B, C', T, H', W')``.
+
+    The frames are folded into the batch with :func:`~tada.nn.functional.frames_to_batch`, a view for
+    frame-major memory (as :class:`~tada.nn.TAdaConv2d` does, so the two cost the same in layout).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        b, _, t = x.shape[:3]
+        return batch_to_frames(super().forward(frames_to_batch(x)), b, t)
+
+
+class Mlp(nn.Module):
+    """Linear C -> hidden -> act -> Linear hidden -> C on the last dimension."""
+
+    def __init__(self, dim: int, hidden: int, act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU() if act == "gelu" else QuickGELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Stem(nn.Module):
+    """Patchify stem + channels LayerNorm: ``(B, 3, T, H, W) -> (B, T', H/4, W/4, C)``.
+
+    ``tubelet=True``: Conv3d (3, 4, 4), stride (2, 4, 4), padding (1, 0, 0), so ``T' = T / 2`` (T-Down);
+    otherwise a 4x4 stride-4 Conv2d per frame.
+    """
+
+    def __init__(self, in_chans: int, dim: int, tubelet: bool):
+        super().__init__()
+        if tubelet:
+            self.conv = nn.Conv3d(in_chans, dim, (3, 4, 4), stride=(2, 4, 4), padding=(1, 0, 0))
+        else:
+            self.conv = FrameConv2d(in_chans, dim, 4, stride=4)
+        self.norm = nn.LayerNorm(dim, eps=_LN_EPS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # one copy of the (small) input to channels-last memory; every later tensor stays there
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        return self.norm(self.conv(x).permute(0, 2, 3, 4, 1))
+
+
+class Downsample(nn.Module):
+    """LayerNorm then a 2x2 stride-2 conv per frame: ``(B, T, H, W, C) -> (B, T, H/2, W/2, C')``."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=_LN_EPS)
+        self.conv = FrameConv2d(dim, out_dim, 2, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x).permute(0, 4, 1, 2, 3)
+        return _channels_last(self.conv(x))
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    """``(B, C, T, H, W) -> (B, T, H, W, C)``: a view when the memory is already channels-last (always
+    on CPU / CUDA for channels-last conv inputs), else one copy."""
+    x = x.permute(0, 2, 3, 4, 1)
+    return x if x.is_contiguous() else x.contiguous()
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt block on ``(B, T, H, W, C)``, optionally temporally adaptive.
+
+    Args:
+        dim: channels C.
+        tada: ``None`` (plain depthwise conv per frame), ``"v1"`` (RouteFuncMLP) or ``"v2"``
+            (RouteFuncAttn) routing on a depthwise :class:`~tada.nn.TAdaConv2d` (``cal_dim="cout"``).
+        aggregation: T-Pool (``Norm1(y) + Norm2(AvgPool_T(y))``, LayerNorms) instead of one LayerNorm.
+        act: ``"gelu"`` or ``"quick_gelu"``.
+        reduction, kernels, head_dim: routing widths (``head_dim`` for V2 only).
+        bias_calibration: calibrate the depthwise bias per frame too.
+        layer_scale_init: initial layer scale γ (``None`` or 0: no layer scale).
+        drop_path: stochastic depth rate of this block.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        tada: Optional[str] = None,
+        aggregation: bool = False,
+        act: str = "gelu",
+        reduction: int = 2,
+        kernels: Sequence[int] = (3, 3),
+        head_dim: int = 48,
+        bias_calibration: bool = True,
+        layer_scale_init: Optional[float] = 1e-6,
+        drop_path: float = 0.0,
+        mlp_ratio: int = 4,
+    ):
+        super().__init__()
+        if tada is None:
+            self.conv_dw = FrameConv2d(dim, dim, 7, padding=3, groups=dim)
+        else:
+            routing_kwargs = {"reduction": reduction, "kernels": tuple(kernels)}
+            if tada == "v2":
+                routing_kwargs.update(head_dim=head_dim, zero_init=True)
+            self.conv_dw = TAdaConv2d(
+                dim, dim, 7, padding=3, groups=dim, bias=True, cal_dim="cout", routing=tada,
+                routing_kwargs=routing_kwargs, bias_calibration=bias_calibration,
+            )
+        if aggregation:
+            self.norm = None
+            self.tpool = TemporalAggregation(dim, norm="ln", eps=_LN_EPS)
+        else:
+            self.norm = nn.LayerNorm(dim, eps=_LN_EPS)
+            self.tpool = None
+        self.mlp = Mlp(dim, mlp_ratio * dim, act)
+        self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale_init))) if layer_scale_init else None
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv_dw(x.permute(0, 4, 1, 2, 3))  # (B, C, T, H, W), channels-last memory
+        if self.tpool is not None:
+            y = _channels_last(self.tpool(y))
+        else:
+            y = self.norm(y.permute(0, 2, 3, 4, 1))
+        y = self.mlp(y)
+        if self.gamma is not None:
+            y = y * self.gamma
+        return x + self.drop_path(y)
+
+
+class Stage(nn.Module):
+    def __init__(self, downsample: Optional[nn.Module], blocks: Sequence[nn.Module]):
+        super().__init__()
+        self.downsample = downsample if downsample is not None else nn.Identity()
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(self.downsample(x))
+
+
+# -- the model ------------------------------------------------------------------------------------
+def _check_pos_int_seq(v, name: str):
+    if (
+        not isinstance(v, (tuple, list)) or not v
+        or any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in v)
+    ):
+        raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {v!r}")
+    return tuple(v)
+
+
+class VideoConvNeXt(VideoClassifier):
+    """ConvNeXt-layout video classifier: TSN baseline, TAdaConvNeXtV2 or TAdaConvNeXt (V1).
+
+    Input ``(B, 3, T, H, W)`` (T even with the tubelet stem); :meth:`forward_features` returns
+    ``(B, C, T', H/32, W/32)`` with ``T' = T/2`` (tubelet) or ``T``.
+
+    Args:
+        depths, dims: blocks and channels per stage (ConvNeXt-T: (3, 3, 9, 3), (96, 192, 384, 768)).
+        tada: ``None`` (plain per-frame depthwise convs), ``"v1"`` or ``"v2"`` (TAdaConv2d routing).
+        act: MLP activation, ``"gelu"`` (exact at init from ImageNet weights) or ``"quick_gelu"``
+            (the released TAdaConvNeXtV2 checkpoints).
+        head_dim: V2 routing attention head size (48 for T/S, 64 for B); each stage's
+            ``dim // reduction`` must be a multiple of it.
+        reduction: routing reduction ratio (default 2 for V2, 4 for V1).
+        kernels: routing temporal kernel sizes ``(k1, k2)``.
+        bias_calibration: calibrate the depthwise conv's bias per frame (default True for TAda).
+        tubelet: T-Down stem (Conv3d (3,4,4) stride (2,4,4)) instead of a per-frame 4x4 stem.
+        aggregation: T-Pool after the depthwise conv instead of a LayerNorm.
+        drop_path_rate: stochastic depth at the last block, linearly increasing from 0 over blocks,
+            one decision per video.
+        layer_scale_init: initial layer scale γ (``None``/0 disables it).
+        drop_rate: dropout before the classifier.
+        num_classes: classifier size (0: none).
+    """
+
+    def __init__(
+        self,
+        *,
+        depths: Sequence[int] = (3, 3, 9, 3),
+        dims: Sequence[int] = (96, 192, 384, 768),
+        tada: Optional[str] = None,
+        act: str = "gelu",
+        head_dim: int = 48,
+        reduction: Optional[int] = None,
+        kernels: Sequence[int] = (3, 3),
+        bias_calibration: bool = True,
+        tubelet: bool = False,
+        aggregation: bool = False,
+        drop_path_rate: float = 0.0,
+        layer_scale_init: Optional[float] = 1e-6,
+        drop_rate: float = 0.5,
+        num_classes: int = 400,
+        in_chans: int = 3,
+    ):
+        super().__init__()
+        depths = _check_pos_int_seq(depths, "depths")
+        dims = _check_pos_int_seq(dims, "dims")
+        if len(depths) != len(dims):
+            raise ValueError(f"depths {depths} and dims {dims} must have the same length")
+        if tada not in TADA_VERSIONS:
+            raise ValueError(f"unknown tada {tada!r}; expected one of {TADA_VERSIONS}")
+        if act not in ACTS:
+            raise ValueError(f"unknown act {act!r}; expected one of {ACTS}")
+        for name, v in (("tubelet", tubelet), ("aggregation", aggregation), ("bias_calibration", bias_calibration)):
+            if not isinstance(v, bool):
+                raise ValueError(f"{name} must be a bool, got {v!r}")
+        if reduction is None:
+            reduction = 4 if tada == "v1" else 2
+        if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
+            raise ValueError(f"reduction must be a positive int, got {reduction!r}")
+        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+            raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
+        if tada == "v2":
+            bad = [d for d in dims if (d // reduction) % head_dim or d // reduction < 1]
+            if bad:
+                raise ValueError(
+                    f"tada='v2' needs every dim // reduction to be a multiple of head_dim={head_dim}; "
+                    f"dims {list(bad)} // {reduction} are not"
+                )
+        if not (0.0 <= float(drop_path_rate) < 1.0):
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
+        if not (0.0 <= float(drop_rate) <= 1.0):
+            raise ValueError(f"drop_rate must be in [0, 1], got {drop_rate!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+
+        self.in_chans = in_chans
+        self.depths, self.dims = depths, dims
+        self.tada, self.act, self.head_dim, self.reduction = tada, act, head_dim, reduction
+        self.tubelet, self.aggregation = tubelet, aggregation
+        self.frame_multiple = 2 if tubelet else 1
+
+        self.stem = Stem(in_chans, dims[0], tubelet)
+        total = sum(depths)
+        rates = [drop_path_rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
+        stages, k = [], 0
+        for s, (depth, dim) in enumerate(zip(depths, dims)):
+            down = Downsample(dims[s - 1], dim) if s > 0 else None
+            blocks = [
+                ConvNeXtBlock(
+                    dim, tada=tada, aggregation=aggregation, act=act, reduction=reduction, kernels=kernels,
+                    head_dim=head_dim, bias_calibration=bias_calibration and tada is not None,
+                    layer_scale_init=layer_scale_init, drop_path=rates[k + j],
+                )
+                for j in range(depth)
+            ]
+            k += depth
+            stages.append(Stage(down, blocks))
+        self.stages = nn.Sequential(*stages)
+        self._init_head(dims[-1], num_classes, drop_rate, head_norm=nn.LayerNorm(dims[-1], eps=_LN_EPS))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        from timm.layers import trunc_normal_
+
+        skip = set()
+        for m in self.modules():
+            if isinstance(m, (RouteFuncAttn, RouteFuncMLP)):
+                skip.update(id(x) for x in m.modules())  # routing keeps its own (zero) init
+        for m in self.modules():
+            if id(m) in skip:
+                continue
+            if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Linear, TAdaConv2d)):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, 3, T, H, W) -> (B, C, T', H/32, W/32)`` (a view of channels-last memory)."""
+        self.check_input(x)
+        x = self.stages(self.stem(x))  # (B, T', h, w, C)
+        return x.permute(0, 4, 1, 2, 3)
+
+    # -- weights ------------------------------------------------------------------------------
+    def _block_norm(self, s: str, j: str) -> str:
+        return f"stages.{s}.blocks.{j}." + ("tpool.norm1" if self.aggregation else "norm")
+
+    def _stem_weight(self, w: Tensor) -> Tensor:
+        if self.tubelet and w.dim() == 4:
+            return centre_inflate(w, 3)
+        return w
+
+    def checkpoint_filter_fn(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Convert a checkpoint to this model's keys (pure: the input is not modified).
+
+        Detected layouts: this project's own (``stem.conv.weight``), timm ConvNeXt (``stem.0.weight``),
+        the original ConvNeXt release (``downsample_layers.0.0.weight``) and the paper's released
+        TAdaConvNeXtV2 (``backbone.downsample_layers.0.0.weight``). Keys that match no rule are kept as
+        they are, so strict loading reports them.
+        """
+        sd = dict(state_dict)
+        if "stem.conv.weight" in sd:
+            return self._from_own(sd)
+        if "backbone.downsample_layers.0.0.weight" in sd:
+            return self._from_released(sd)
+        if "downsample_layers.0.0.weight" in sd:
+            return self._from_2d(sd, _ORIGINAL_RULES)
+        if "stem.0.weight" in sd:
+            return self._from_2d(sd, _TIMM_RULES)
+        sample = ", ".join(sorted(sd)[:6])
+        raise ValueError(
+            "unrecognised checkpoint layout: expected a ConvNeXt checkpoint in timm form (stem.0.weight, "
+            "stages.N.blocks.M.conv_dw...), original form (downsample_layers.0.0.weight, stages.N.M.dwconv...), "
+            "the released TAdaConvNeXtV2 form (backbone.downsample_layers.0.0.weight, backbone.stages.N.M."
+            f"dwconv_rf...) or this project's (stem.conv.weight); got keys like {sample}"
+        )
+
+    def _from_own(self, sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        out = {}
+        for k, v in sd.items():
+            m = re.fullmatch(r"stages\.(\d+)\.blocks\.(\d+)\.(norm|tpool\.norm1)\.(weight|bias)", k)
+            if m:  # e.g. a TSN checkpoint into a T-Pool model, or back
+                out[f"{self._block_norm(m[1], m[2])}.{m[4]}"] = v
+            elif k == "stem.conv.weight":
+                out[k] = self._stem_weight(v)
+            else:
+                out[k] = v
+        return out
+
+    def _from_2d(self, sd: Dict[str, Tensor], rules) -> Dict[str, Tensor]:
+        out = {}
+        for k, v in sd.items():
+            for pattern, target in rules:
+                m = re.fullmatch(pattern, k)
+                if m:
+                    dst = target(self, m)
+                    out[dst] = self._stem_weight(v) if dst == "stem.conv.weight" else v
+                    break
+            else:
+                out[k] = v  # unknown: strict loading reports it
+        return out
+
+    def _from_released(self, sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        if self.tada != "v2":
+            raise ValueError(
+                "this is a released TAdaConvNeXtV2 checkpoint (backbone.stages.N.M.dwconv_rf ...); "
+                f"it needs a tada='v2' model (e.g. tadaconvnextv2_tiny), this one has tada={self.tada!r}"
+            )
+        if self.act != "quick_gelu":
+            warnings.warn(
+                "loading a released TAdaConvNeXtV2 checkpoint into a model with act='gelu'; the release "
+                "was trained with QuickGELU: build the model with act='quick_gelu'",
+                stacklevel=3,
+            )
+        out: Dict[str, Tensor] = {}
+        routing: Dict[str, Dict[str, Tensor]] = {}
+        for k, v in sd.items():
+            if k.startswith("head.out."):
+                name = k[len("head.out."):]
+                out[f"head.{name}"] = conv_to_linear(v) if name == "weight" else v.reshape(-1)
+                continue
+            if not k.startswith("backbone."):
+                out[k] = v
+                continue
+            key = k[len("backbone."):]
+            m = re.fullmatch(r"stages\.(\d+)\.(\d+)\.dwconv_rf\.(.+)", key)
+            if m:
+                routing.setdefault(f"stages.{m[1]}.blocks.{m[2]}.conv_dw.routing", {})[m[3]] = v
+                continue
+            m = re.fullmatch(r"stages\.(\d+)\.(\d+)\.(\w+)\.(weight|bias)", key)
+            if m:
+                s, j, part, p = m.groups()
+                pre = f"stages.{s}.blocks.{j}"
+                if part == "dwconv":
+                    out[f"{pre}.conv_dw.{p}"] = squeeze_tada_weight(v) if p == "weight" else squeeze_tada_bias(v)
+                elif part == "norm":
+                    out[f"{self._block_norm(s, j)}.{p}"] = v
+                elif part == "norm_avgpool":
+                    out[f"{pre}.tpool.norm2.{p}"] = v
+                elif part in ("pwconv1", "pwconv2"):
+                    fc = "fc1" if part == "pwconv1" else "fc2"
+                    out[f"{pre}.mlp.{fc}.{p}"] = conv_to_linear(v) if p == "weight" else v.reshape(-1)
+                else:
+                    out[k] = v
+                continue
+            m = re.fullmatch(r"stages\.(\d+)\.(\d+)\.gamma", key)
+            if m:
+                out[f"stages.{m[1]}.blocks.{m[2]}.gamma"] = v.reshape(-1)
+                continue
+            m = re.fullmatch(r"downsample_layers\.(\d+)\.([01])\.(weight|bias)", key)
+            if m:
+                i, part, p = m.groups()
+                if i == "0":
+                    dst = "stem.conv" if part == "0" else "stem.norm"
+                    out[f"{dst}.{p}"] = self._stem_weight(v) if (part == "0" and p == "weight") else v
+                elif part == "0":
+                    out[f"stages.{i}.downsample.norm.{p}"] = v
+                else:  # Conv3d (C', C, 1, 2, 2) -> Conv2d
+                    if p == "weight" and v.dim() == 5:
+                        if v.shape[2] != 1:
+                            raise ValueError(
+                                f"{k}: expected a (C', C, 1, 2, 2) downsampling conv, got {tuple(v.shape)}"
+                            )
+                        v = v[:, :, 0]
+                    out[f"stages.{i}.downsample.conv.{p}"] = v
+                continue
+            m = re.fullmatch(r"norm\.(weight|bias)", key)
+            if m:
+                out[f"head_norm.{m[1]}"] = v
+                continue
+            out[k] = v
+        for dst, rf in routing.items():
+            out.update(convert_released_route_attn(rf, dst, head_dim=self.head_dim))
+        return out
+
+
+def _timm_down(model, m):
+    part = "norm" if m[2] == "0" else "conv"
+    return f"stages.{m[1]}.downsample.{part}.{m[3]}"
+
+
+def _orig_down(model, m):
+    i, part, p = m.groups()
+    if i == "0":
+        return f"stem.{'conv' if part == '0' else 'norm'}.{p}"
+    return f"stages.{i}.downsample.{'norm' if part == '0' else 'conv'}.{p}"
+
+
+_BLOCK = r"stages\.(\d+)\.blocks\.(\d+)"
+_TIMM_RULES = [
+    (r"stem\.0\.(weight|bias)", lambda md, m: f"stem.conv.{m[1]}"),
+    (r"stem\.1\.(weight|bias)", lambda md, m: f"stem.norm.{m[1]}"),
+    (r"stages\.(\d+)\.downsample\.([01])\.(weight|bias)", _timm_down),
+    (_BLOCK + r"\.conv_dw\.(weight|bias)", lambda md, m: f"stages.{m[1]}.blocks.{m[2]}.conv_dw.{m[3]}"),
+    (_BLOCK + r"\.norm\.(weight|bias)", lambda md, m: f"{md._block_norm(m[1], m[2])}.{m[3]}"),
+    (_BLOCK + r"\.mlp\.(fc[12])\.(weight|bias)", lambda md, m: f"stages.{m[1]}.blocks.{m[2]}.mlp.{m[3]}.{m[4]}"),
+    (_BLOCK + r"\.gamma", lambda md, m: f"stages.{m[1]}.blocks.{m[2]}.gamma"),
+    (r"head\.norm\.(weight|bias)", lambda md, m: f"head_norm.{m[1]}"),
+    (r"head\.fc\.(weight|bias)", lambda md, m: f"head.{m[1]}"),
+]
+_ORIG_BLOCK = r"stages\.(\d+)\.(\d+)"
+_PW = {"pwconv1": "fc1", "pwconv2": "fc2"}
+_ORIGINAL_RULES = [
+    (r"downsample_layers\.(\d+)\.([01])\.(weight|bias)", _orig_down),
+    (_ORIG_BLOCK + r"\.dwconv\.(weight|bias)", lambda md, m: f"stages.{m[1]}.blocks.{m[2]}.conv_dw.{m[3]}"),
+    (_ORIG_BLOCK + r"\.norm\.(weight|bias)", lambda md, m: f"{md._block_norm(m[1], m[2])}.{m[3]}"),
+    (_ORIG_BLOCK + r"\.(pwconv[12])\.(weight|bias)",
+     lambda md, m: f"stages.{m[1]}.blocks.{m[2]}.mlp.{_PW[m[3]]}.{m[4]}"),
+    (_ORIG_BLOCK + r"\.gamma", lambda md, m: f"stages.{m[1]}.blocks.{m[2]}.gamma"),
+    (r"norm\.(weight|bias)", lambda md, m: f"head_norm.{m[1]}"),
+    (r"head\.(weight|bias)", lambda md, m: f"head.{m[1]}"),
+]
+
+
+# -- registered factories -------------------------------------------------------------------------
+_TINY = {"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 768)}
+_SMALL = {"depths": (3, 3, 27, 3), "dims": (96, 192, 384, 768)}
+_BASE = {"depths": (3, 3, 27, 3), "dims": (128, 256, 512, 1024)}
+_MINI = {"depths": (1, 1, 2, 1), "dims": (32, 64, 128, 256)}
+
+_TSN = {"tada": None, "tubelet": False, "aggregation": False}
+_V2 = {"tada": "v2", "tubelet": True, "aggregation": True}
+_V1 = {"tada": "v1", "tubelet": True, "aggregation": False}
+
+
+def _create(defaults: dict, kwargs: dict) -> VideoConvNeXt:
+    return VideoConvNeXt(**{**defaults, **kwargs})
+
+
+@register_model
+def tsn_convnext_tiny(**kwargs) -> VideoConvNeXt:
+    """TSN baseline: ImageNet ConvNeXt-T applied to every frame."""
+    return _create({**_TINY, **_TSN}, kwargs)
+
+
+@register_model
+def tsn_convnext_small(**kwargs) -> VideoConvNeXt:
+    """TSN baseline: ConvNeXt-S per frame."""
+    return _create({**_SMALL, **_TSN}, kwargs)
+
+
+@register_model
+def tsn_convnext_base(**kwargs) -> VideoConvNeXt:
+    """TSN baseline: ConvNeXt-B per frame."""
+    return _create({**_BASE, **_TSN}, kwargs)
+
+
+@register_model
+def tsn_convnext_mini(**kwargs) -> VideoConvNeXt:
+    """A tiny TSN ConvNeXt for CPU tests (depths (1, 1, 2, 1), dims (32, 64, 128, 256))."""
+    return _create({**_MINI, **_TSN}, kwargs)
+
+
+@register_model
+def tadaconvnext_tiny(**kwargs) -> VideoConvNeXt:
+    """TAdaConvNeXt-T (V1): RouteFuncMLP (r=4, bias calibration) TAdaConvs, tubelet stem, no T-Pool."""
+    return _create({**_TINY, **_V1}, kwargs)
+
+
+@register_model
+def tadaconvnextv2_tiny(**kwargs) -> VideoConvNeXt:
+    """TAdaConvNeXtV2-T (head_dim 48)."""
+    return _create({**_TINY, **_V2, "head_dim": 48}, kwargs)
+
+
+@register_model
+def tadaconvnextv2_small(**kwargs) -> VideoConvNeXt:
+    """TAdaConvNeXtV2-S (head_dim 48)."""
+    return _create({**_SMALL, **_V2, "head_dim": 48}, kwargs)
+
+
+@register_model
+def tadaconvnextv2_base(**kwargs) -> VideoConvNeXt:
+    """TAdaConvNeXtV2-B (head_dim 64)."""
+    return _create({**_BASE, **_V2, "head_dim": 64}, kwargs)
+
+
+@register_model
+def tadaconvnextv2_mini(**kwargs) -> VideoConvNeXt:
+    """A tiny TAdaConvNeXtV2 for CPU tests (depths (1, 1, 2, 1), dims (32, 64, 128, 256), head_dim 16,
+    so the wider stages have several attention heads)."""
+    return _create({**_MINI, **_V2, "head_dim": 16}, kwargs)
