@@ -20,6 +20,104 @@ def _env(_: argparse.Namespace) -> int:
     return 0
 
 
+def _paper_rows(name: str, frames: Optional[int], size: Optional[int]):
+    from tada.models.flops import PAPER
+
+    rows = [r for r in PAPER if r.model == name]
+    if frames is not None:
+        rows = [r for r in rows if r.frames == frames]
+    if size is not None:
+        rows = [r for r in rows if r.size == size]
+    return rows
+
+
+def _flops(args: argparse.Namespace) -> int:
+    import json
+
+    from tada.models import is_model, list_models
+    from tada.models.flops import PAPER, profile
+    from tada.models.registry import _unknown
+
+    jobs = []  # (name, frames, size, overrides, paper row or None)
+    if not args.names:
+        for r in PAPER:
+            if (args.frames in (None, r.frames)) and (args.size in (None, r.size)):
+                jobs.append((r.model, r.frames, r.size, dict(r.overrides), r))
+    for pattern in args.names:
+        names = list_models(pattern) if any(ch in pattern for ch in "*?[") else [pattern]
+        if not names or not all(is_model(n) for n in names):
+            print(f"tada flops: {_unknown(pattern).args[0]}", file=sys.stderr)
+            return 2
+        for name in names:
+            rows = _paper_rows(name, args.frames, args.size)
+            if rows:
+                jobs += [(name, r.frames, r.size, dict(r.overrides), r) for r in rows]
+            else:
+                jobs.append((name, args.frames or 8, args.size or 224, {}, None))
+    results = [profile(n, t, s, overrides=o, paper=r) for n, t, s, o, r in jobs]
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+        return 0
+
+    def pct(v):
+        return "" if v is None else f"{v:+.1f}%"
+
+    header = f"{'model':<24} {'frames':>6} {'size':>5} {'params (M)':>10} {'paper':>7} {'diff':>7} {'GFLOPs':>8} {'paper':>7} {'diff':>7}  note"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(
+            f"{r.model:<24} {r.frames:>6} {r.size:>5} {r.params_m:>10.2f} {r.paper_params_m or '':>7} "
+            f"{pct(r.params_diff):>7} {r.gflops:>8.2f} {r.paper_gflops or '':>7} {pct(r.gflops_diff):>7}  {r.note}"
+        )
+    print("GFLOPs per view, 1 multiply-add = 1 FLOP (fvcore convention); params include a 400-class head.")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from tada.models import list_models
+
+    names = list_models(args.pattern)
+    print("\n".join(names))
+    return 0 if names else 1
+
+
+def _synth(args: argparse.Namespace) -> int:
+    import time
+
+    from tada.data.synth import make_synthetic_dataset, resolve_classes
+
+    try:
+        classes = resolve_classes(args.classes)
+    except ValueError as e:
+        print(f"tada synth: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    paths = make_synthetic_dataset(args.out, classes=classes, per_class=args.per_class, frames=args.frames,
+                                   size=args.size, seed=args.seed, fps=args.fps, progress=not args.quiet)
+    n = len(classes) * args.per_class
+    print(f"wrote {n} videos ({len(classes)} classes x {args.per_class}, {args.frames} frames of "
+          f"{args.size}x{args.size} at {args.fps} fps) to {paths['root']} in {time.perf_counter() - t0:.1f} s")
+    for key in ("train", "val", "test", "classes"):
+        print(f"  {key:<8} {paths[key]}")
+    return 0
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from tada.data.inspect import format_report, inspect_dataset
+
+    try:
+        report = inspect_dataset(args.list, root=args.root, format=args.format, backend=args.backend,
+                                 workers=args.workers, progress=not args.quiet)
+    except (ValueError, OSError) as e:
+        print(f"tada data inspect: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 1 if report["num_bad"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     import tada
 
@@ -28,6 +126,53 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     env = sub.add_parser("env", help="print versions of tada, torch and the machine it runs on")
     env.set_defaults(func=_env)
+    models = sub.add_parser("models", help="list registered model names")
+    models.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'tada*'")
+    models.set_defaults(func=_models)
+    flops = sub.add_parser(
+        "flops", help="params and GFLOPs per view, beside the paper's figures",
+        description="Params and GFLOPs per view (1 multiply-add = 1 FLOP), counted on the meta device, "
+        "beside the paper's figure where it reports one. Without names: every model the paper reports.",
+    )
+    flops.add_argument("names", nargs="*", metavar="NAME", help="model names or patterns (default: the paper's table)")
+    flops.add_argument("--frames", type=int, default=None, help="input frames (default: the paper's, else 8)")
+    flops.add_argument("--size", type=int, default=None, help="input height = width (default: the paper's, else 224)")
+    flops.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    flops.set_defaults(func=_flops)
+    synth = sub.add_parser(
+        "synth", help="write the synthetic temporal-reasoning dataset (time-reversal class pairs)",
+        description="Write H.264 .mp4 videos of classes that come in time-reversal pairs (moving left/right, "
+        "up/down, growing/shrinking, rotating cw/ccw, fading in/out) plus Kinetics-style train/val/test "
+        "lists and classes.txt.",
+    )
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--classes", nargs="+", default=None, metavar="N|NAME",
+                       help="number of classes (taken pair by pair) or class names (default: all 10)")
+    synth.add_argument("--per-class", type=int, default=60, help="videos per class (default 60)")
+    synth.add_argument("--frames", type=int, default=16, help="frames per video (default 16)")
+    synth.add_argument("--size", type=int, default=64, help="frame height = width, even (default 64)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--fps", type=int, default=30, help="frame rate (default 30)")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    synth.set_defaults(func=_synth)
+    data = sub.add_parser("data", help="dataset tools (inspect)")
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    inspect = data_sub.add_parser(
+        "inspect", help="decode every video of an annotation list and report counts, stats and bad files",
+        description="Probe and decode every video an annotation list names; print counts, classes, "
+        "duration/fps/resolution statistics and every unreadable file. Exit code 1 if any file is bad.",
+    )
+    inspect.add_argument("list", help="annotation file (or folder for the folder/hmdb51 formats)")
+    inspect.add_argument("--root", default=None, help="video root folder (default: the list's folder)")
+    inspect.add_argument("--format", default=None,
+                         choices=["kinetics", "kinetics_csv", "ssv2", "ssv1", "epic", "ucf101", "hmdb51", "csv",
+                                  "folder"], help="annotation format (default: detected)")
+    inspect.add_argument("--backend", default=None, help="video decoding backend (default: pyav)")
+    inspect.add_argument("--workers", type=int, default=1, help="decoding threads (default 1)")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    inspect.add_argument("--quiet", action="store_true", help="no progress bar")
+    inspect.set_defaults(func=_data_inspect)
+    data.set_defaults(func=lambda _args: (data.print_help(), 2)[1])
     return parser
 
 

@@ -1,0 +1,196 @@
+"""Whole-model cost of TAda against its 2D baseline: inference time, training-step time, peak memory.
+
+Pairs (SPEC §2/§3), batch 1 by default, in one run with the models interleaved (median of repeats):
+
+* ``tada2d_r50`` vs ``tsn_r50``, 8 x 224²;
+* ``tadaconvnextv2_tiny`` vs ``tsn_convnext_tiny``, 16 x 224² (the paper's comparison: the TSN
+  runs all 16 frames, TAda's tubelet stem halves them), and vs ``tsn_convnext_tiny`` on 8 frames
+  (the same frames per layer as TAda after its stem: the cost of the TAda layers themselves).
+
+``--grouped`` adds each TAda model with every TAdaConv switched to ``impl="grouped"`` (the release's
+per-frame kernels). Training step = forward, cross-entropy, backward, SGD step. Peak memory of one
+training step (after a warm-up step) and one inference is measured in a fresh process per model.
+
+    python benchmarks/model_speed.py [--json results/model_speed.json] [--device cuda --dtype bfloat16 --batch 8]
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from _common import machine_info, peak_memory_growth, sync
+from tada import create_model
+from tada.nn import TAdaConv2d
+
+
+@dataclass(frozen=True)
+class Run:
+    label: str
+    model: str
+    frames: int
+    size: int = 224
+    grouped: bool = False
+
+
+@dataclass(frozen=True)
+class Pair:
+    tada: Run
+    base: Run
+
+
+def pairs(grouped: bool):
+    r50 = Run("tsn_r50 8f", "tsn_r50", 8)
+    t2d = Run("tada2d_r50 8f", "tada2d_r50", 8)
+    cnx16 = Run("tsn_convnext_tiny 16f", "tsn_convnext_tiny", 16)
+    cnx8 = Run("tsn_convnext_tiny 8f", "tsn_convnext_tiny", 8)
+    tcn = Run("tadaconvnextv2_tiny 16f", "tadaconvnextv2_tiny", 16)
+    out = [Pair(t2d, r50), Pair(tcn, cnx16), Pair(tcn, cnx8)]
+    if grouped:
+        out += [Pair(Run(t2d.label + " grouped", t2d.model, 8, grouped=True), t2d),
+                Pair(Run(tcn.label + " grouped", tcn.model, 16, grouped=True), tcn)]
+    return out
+
+
+class Bench:
+    """One model, its input and optimiser, ready to time."""
+
+    def __init__(self, run: Run, device, dtype, batch: int, seed: int = 0):
+        torch.manual_seed(seed)
+        self.run, self.device = run, device
+        self.model = create_model(run.model, num_classes=400).to(device)
+        if run.grouped:
+            for m in self.model.modules():
+                if isinstance(m, TAdaConv2d):
+                    m.impl = "grouped"
+        self.x = torch.randn(batch, 3, run.frames, run.size, run.size, device=device)
+        self.y = torch.randint(0, 400, (batch,), device=device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
+        self.autocast = (
+            torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+        )
+
+    def infer(self):
+        self.model.eval()
+        with torch.no_grad(), self.autocast:
+            self.model(self.x)
+
+    def train_step(self):
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        with self.autocast:
+            loss = F.cross_entropy(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+
+
+def time_all(runs, device, dtype, batch, repeats, warmup):
+    benches = {r: Bench(r, device, dtype, batch) for r in runs}
+    out = {r: {} for r in runs}
+    for mode in ("infer", "train_step"):
+        samples = {r: [] for r in runs}
+        for i in range(warmup + repeats):
+            for r, b in benches.items():  # interleaved: drift hits every model alike
+                sync(device)
+                t0 = time.perf_counter()
+                getattr(b, mode)()
+                sync(device)
+                if i >= warmup:
+                    samples[r].append(time.perf_counter() - t0)
+            print(f"  {mode} round {i + 1}/{warmup + repeats}", file=sys.stderr, flush=True)
+        for r in runs:
+            out[r][mode] = statistics.median(samples[r]) * 1e3
+    return out
+
+
+def memory_worker(run: dict, device: str, dtype: str, batch: int):
+    """In a fresh process: peak memory growth of one inference and one training step (after a warm-up
+    step, so gradients and optimiser state already exist and only the step's activations count)."""
+    dev = torch.device(device)
+    b = Bench(Run(**run), dev, getattr(torch, dtype), batch)
+    infer = peak_memory_growth(b.infer, dev)
+    b.train_step()
+    train = peak_memory_growth(b.train_step, dev)
+    return {"infer_peak": infer, "train_peak": train}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="autocast dtype (float32: no autocast)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--grouped", action="store_true", help="also time TAda with the release's grouped operator")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    info = machine_info(device)
+    print(f"# Model speed: {info['device']}, torch {info['torch']}, {info['threads']} threads, "
+          f"{args.dtype}, batch {args.batch}")
+    prs = pairs(args.grouped)
+    runs = list(dict.fromkeys(r for pr in prs for r in (pr.tada, pr.base)))
+
+    mem = {}
+    if not args.no_memory:
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as pool:
+            for r in runs:
+                mem[r] = pool.submit(memory_worker, asdict(r), args.device, args.dtype, args.batch).result()
+                print(f"  memory {r.label}: {mem[r]['train_peak'] / 2**20:.0f} MiB", file=sys.stderr, flush=True)
+
+    times = time_all(runs, device, dtype, args.batch, args.repeats, args.warmup)
+
+    rows = []
+    for pr in prs:
+        t, b = times[pr.tada], times[pr.base]
+        row = {
+            "tada": pr.tada.label, "baseline": pr.base.label,
+            "infer_ms": [t["infer"], b["infer"]], "train_step_ms": [t["train_step"], b["train_step"]],
+            "infer_ratio": t["infer"] / b["infer"], "train_step_ratio": t["train_step"] / b["train_step"],
+        }
+        if mem:
+            mt, mb = mem[pr.tada], mem[pr.base]
+            row["train_peak_mib"] = [mt["train_peak"] / 2**20, mb["train_peak"] / 2**20]
+            row["infer_peak_mib"] = [mt["infer_peak"] / 2**20, mb["infer_peak"] / 2**20]
+            row["train_peak_ratio"] = mt["train_peak"] / mb["train_peak"]
+            row["infer_peak_ratio"] = mt["infer_peak"] / mb["infer_peak"]
+        rows.append(row)
+
+    print()
+    print("| TAda | baseline | infer ms (TAda / base) | infer ratio | train step ms (TAda / base) "
+          "| train ratio | train peak MiB (TAda / base) | train mem ratio | infer mem ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        memcols = (
+            f"{r['train_peak_mib'][0]:.0f} / {r['train_peak_mib'][1]:.0f} | {r['train_peak_ratio']:.2f} "
+            f"| {r['infer_peak_ratio']:.2f}" if mem else "– | – | –"
+        )
+        print(f"| {r['tada']} | {r['baseline']} | {r['infer_ms'][0]:.0f} / {r['infer_ms'][1]:.0f} "
+              f"| {r['infer_ratio']:.2f} | {r['train_step_ms'][0]:.0f} / {r['train_step_ms'][1]:.0f} "
+              f"| {r['train_step_ratio']:.2f} | {memcols} |")
+    print("\nGoal (issue 3): TAda/baseline <= 1.15x time and <= 1.2x memory.")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "dtype": args.dtype, "batch": args.batch, "repeats": args.repeats,
+                       "rows": rows}, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
