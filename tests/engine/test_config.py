@@ -5,7 +5,9 @@ from tada.engine.config import Config, ConfigError, apply_overrides, from_dict, 
 
 def test_defaults_and_overrides_are_typed(tmp_path):
     cfg = load_config(None, ["optim.lr=0.05", "data.frames=16", "train.amp=bf16", "data.short_side_range=[224, 340]",
-                             "model.kwargs.cal_dim=cout", "optim.clip_grad=null", "optim.warmup_epochs=2"])
+                             "model.kwargs.cal_dim=cout", "optim.clip_grad=null", "optim.warmup_epochs=2",
+                             "optim.weight_decay=1e-4"])
+    assert cfg.optim.weight_decay == 1e-4
     assert cfg.optim.lr == 0.05 and cfg.data.frames == 16 and cfg.train.amp == "bf16"
     assert cfg.data.short_side_range == (224, 340)
     assert cfg.model.kwargs == {"cal_dim": "cout"}

@@ -115,6 +115,8 @@ class TrainConfig:
     save_every: int = 0  # epochs; 0: only last and best
     log_every: int = 10  # iterations
     device: str = "auto"
+    resume: bool = True  # continue from output_dir/last.pt when it exists
+    stop_after_steps: Optional[int] = None  # save last.pt and stop after this many steps (like a kill)
 
 
 @dataclasses.dataclass
@@ -185,6 +187,11 @@ def _coerce(value, tp, where: str):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
