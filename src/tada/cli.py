@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from typing import List, Optional
@@ -118,6 +119,79 @@ def _data_inspect(args: argparse.Namespace) -> int:
     return 1 if report["num_bad"] else 0
 
 
+def _setup_logging():
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tada.engine.config import load_config
+    from tada.engine.trainer import Trainer, TrainingStopped
+
+    _setup_logging()
+    cfg = load_config(args.config, args.overrides)
+    trainer = Trainer(cfg, progress=not args.no_progress)
+    try:
+        out = trainer.fit()
+    except TrainingStopped as e:
+        print(str(e))
+        return 0
+    print(f"trained {out['steps']} steps in {out['time']:.0f} s; best val top-1 {out['best_top1']:.2f}; "
+          f"checkpoints in {out['output_dir']}")
+    if cfg.data.test_list:
+        return _evaluate(trainer, cfg)
+    return 0
+
+
+def _evaluate(trainer, cfg) -> int:
+    from tada.engine.trainer import build_dataset
+
+    ds, _ = build_dataset(cfg, "test")
+    res = trainer.evaluate(ds)
+    print(f"test: {res.summary()}")
+    for k, v in trainer.write_report(res, "test").items():
+        print(f"  {k:<14} {v}")
+    return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    from tada.engine.config import load_config
+    from tada.engine.trainer import Trainer, build_dataset
+
+    _setup_logging()
+    cfg = load_config(args.config, list(args.overrides) + ["train.resume=false"])
+    if not cfg.data.test_list:
+        print("tada test: data.test_list is not set (give it in the config or as data.test_list=PATH)", file=sys.stderr)
+        return 2
+    test = build_dataset(cfg, "test")
+    trainer = Trainer(cfg, datasets={"test": test}, progress=not args.no_progress, splits=())
+    trainer.load_weights(args.checkpoint, ema=args.ema)
+    return _evaluate(trainer, cfg)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tada.engine.predict import predict_videos
+
+    results = predict_videos(args.videos, args.checkpoint, topk=args.topk, device=args.device)
+    bad = 0
+    for r in results:
+        if "error" in r:
+            bad += 1
+            print(f"{r['video']}: cannot read: {r['error']}")
+            continue
+        print(r["video"])
+        for name, p in r["top"]:
+            print(f"  {p:7.2%}  {name}")
+    return 1 if bad else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tada.engine.demo import main as demo_main
+
+    return demo_main(args.demo_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import tada
 
@@ -139,6 +213,35 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--size", type=int, default=None, help="input height = width (default: the paper's, else 224)")
     flops.add_argument("--json", action="store_true", help="print JSON instead of a table")
     flops.set_defaults(func=_flops)
+
+    train = sub.add_parser("train", help="train (and test) a model from a YAML recipe",
+                           description="Train from a YAML recipe with key.sub=value overrides, e.g. "
+                           "`tada train configs/synth/tada2d_mini.yaml optim.lr=0.05`. Resumes from "
+                           "train.output_dir/last.pt when it exists. Multi-GPU / multi-node: torchrun.")
+    train.add_argument("config")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(func=_train)
+
+    test = sub.add_parser("test", help="multi-view evaluation of a checkpoint on data.test_list")
+    test.add_argument("config")
+    test.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    test.add_argument("--checkpoint", required=True)
+    test.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    test.add_argument("--no-progress", action="store_true")
+    test.set_defaults(func=_test)
+
+    predict = sub.add_parser("predict", help="top-k classes of video files from a checkpoint")
+    predict.add_argument("videos", nargs="+", metavar="VIDEO")
+    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("--topk", type=int, default=5)
+    predict.add_argument("--device", default="cpu")
+    predict.set_defaults(func=_predict)
+
+    demo = sub.add_parser("demo", help="the default job: synthetic data, TSN vs TAda2D, comparison table",
+                          add_help=False)
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+    demo.set_defaults(func=_demo)
     synth = sub.add_parser(
         "synth", help="write the synthetic temporal-reasoning dataset (time-reversal class pairs)",
         description="Write H.264 .mp4 videos of classes that come in time-reversal pairs (moving left/right, "
@@ -178,11 +281,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides given after an option (e.g. after --checkpoint CKPT)
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, no traceback
+        if os.environ.get("TADA_DEBUG"):
+            raise
+        print(f"tada {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

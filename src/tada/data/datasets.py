@@ -736,7 +736,15 @@ class VideoClipDataset(torch.utils.data.Dataset):
                 raise
             self._record_failure(index, e)
             raise _BadVideo(index, self.failures[self.path_of(index)]) from e
-        video, label = self._apply(clip, self.samples[index].label, crop_index)
+        if rng is not None and self.seed is not None:
+            # torchvision's random transforms draw from torch's global RNG: give them one seeded from
+            # (seed, epoch, index, attempt) too, so a clip's augmentation does not depend on which
+            # process or worker loads it, or on what was loaded before (exact resume, DDP == 1 process)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(rng.integers(2**62)))
+                video, label = self._apply(clip, self.samples[index].label, crop_index)
+        else:
+            video, label = self._apply(clip, self.samples[index].label, crop_index)
         if self.fill_shape is None:
             self.fill_shape = tuple(video.shape)
         return video, label

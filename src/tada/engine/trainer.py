@@ -116,7 +116,8 @@ class Trainer:
     ``datasets`` may pass ready ``{"train": (ds, names), "val": (ds, names)}`` (tests do this).
     """
 
-    def __init__(self, cfg: Config, *, datasets: Optional[dict] = None, progress: bool = True):
+    def __init__(self, cfg: Config, *, datasets: Optional[dict] = None, progress: bool = True,
+                 splits=("train", "val")):
         self.cfg = cfg
         self.dist: DistInfo = init_distributed(cfg.train.device)
         self.device = self.dist.device
@@ -130,12 +131,11 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
 
-        self.datasets = datasets or {}
-        if "train" not in self.datasets and cfg.data.train_list:
-            self.datasets["train"] = build_dataset(cfg, "train")
-        if "val" not in self.datasets and cfg.data.val_list:
-            self.datasets["val"] = build_dataset(cfg, "val")
-        ref = self.datasets.get("train") or self.datasets.get("val")
+        self.datasets = dict(datasets or {})
+        for split in splits:
+            if split not in self.datasets and getattr(cfg.data, f"{split}_list"):
+                self.datasets[split] = build_dataset(cfg, split)
+        ref = next(iter(self.datasets.values()), None)
         self.class_names = list(ref[1]) if ref else None
         self.multi_head = isinstance(self.class_names, tuple) or (
             self.class_names is not None and len(self.class_names) == 2 and isinstance(self.class_names[0], list))
@@ -456,6 +456,18 @@ class Trainer:
         log.info(msg)
         if self.progress:
             print(msg, flush=True)
+
+    def load_weights(self, checkpoint, *, ema: bool = False) -> None:
+        """Model weights from a training checkpoint (``ema=True``: its EMA weights)."""
+        state = load_checkpoint(checkpoint)
+        key = "model_ema_state" if ema else "model_state"
+        if key not in state:
+            raise ValueError(f"{checkpoint} has no {key!r}")
+        try:
+            self.model.load_state_dict(state[key])
+        except RuntimeError as e:
+            raise ValueError(f"{checkpoint} does not fit model {self.cfg.model.name!r}: "
+                             f"{str(e).splitlines()[0]}") from e
 
     def write_report(self, res: EvalResult, name: str = "test") -> Dict[str, str]:
         """Per-class CSV, JSON summary and plots for an evaluation result."""

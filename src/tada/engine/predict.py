@@ -1,0 +1,76 @@
+"""Class predictions for video files from a training checkpoint (``tada predict``).
+
+The checkpoint carries its config and class names, so nothing else is needed: each video is read with
+the config's test sampling (clips x crops views), the softmax scores of the views are summed, and the
+top-k classes are returned with their averaged probabilities.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import torch
+
+from ..data import decode as DEC
+from ..data import sampling as S
+from ..data import transforms as TF
+from ..models import create_model
+from .checkpoint import load_checkpoint
+from .config import Config, from_dict
+
+__all__ = ["load_for_inference", "predict_videos"]
+
+
+def load_for_inference(checkpoint, device="cpu"):
+    """``(model in eval mode, config, class names)`` from a checkpoint written by the trainer."""
+    state = load_checkpoint(checkpoint)
+    cfg = from_dict(Config, state.get("config") or {})
+    names = state.get("class_names")
+    if not names:
+        raise ValueError(f"{checkpoint} has no class names; it was not written by `tada train`")
+    if names and isinstance(names[0], list):
+        raise ValueError("tada predict handles single-label checkpoints; this one has verb/noun heads")
+    kwargs = dict(cfg.model.kwargs)
+    kwargs["drop_rate"] = cfg.model.drop_rate
+    model = create_model(cfg.model.name, num_classes=len(names), **kwargs)
+    model.load_state_dict(state["model_state"])
+    return model.to(device).eval(), cfg, list(names)
+
+
+@torch.no_grad()
+def predict_videos(videos: Sequence[str], checkpoint, *, topk: int = 5, device: str = "cpu",
+                   backend=None) -> List[Dict]:
+    """For each video: ``{"video", "top": [(class name, probability), ...]}`` or ``{"video", "error"}``
+    when the file cannot be read (other videos are still predicted)."""
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    model, cfg, names = load_for_inference(checkpoint, device)
+    d = cfg.data
+    mean, std = (TF.CLIP_MEAN, TF.CLIP_STD) if d.normalize == "clip" else (TF.IMAGENET_MEAN, TF.IMAGENET_STD)
+    crops = [TF.build_test_transform(short_side=d.test_short_side, crop_size=d.test_crop_size,
+                                     num_crops=d.test_crops, crop_index=c, mean=mean, std=std)
+             for c in range(d.test_crops)]
+    out = []
+    for video in videos:
+        try:
+            info = DEC.probe(video, backend=d.backend)
+            views = []
+            for clip in range(d.test_clips):
+                if d.sampling == "interval":
+                    idx = S.interval_indices(info.num_frames, d.frames, d.rate, video_fps=info.fps,
+                                             target_fps=d.target_fps, train=False, clip_index=clip,
+                                             num_clips=d.test_clips)
+                else:
+                    idx = S.segment_indices(info.num_frames, d.frames, train=False, clip_index=clip,
+                                            num_clips=d.test_clips)
+                frames = DEC.read_frames(video, idx, backend=d.backend)
+                views += [t(frames) for t in crops]
+        except (DEC.VideoDecodeError, FileNotFoundError) as e:
+            out.append({"video": str(video), "error": str(e)})
+            continue
+        x = torch.stack(views).to(device)
+        probs = torch.softmax(model(x).float(), dim=1).mean(0)
+        k = min(topk, len(names))
+        p, i = probs.topk(k)
+        out.append({"video": str(Path(video)), "top": [(names[j], float(q)) for j, q in zip(i.tolist(), p.tolist())]})
+    return out
