@@ -106,3 +106,36 @@ def test_params_and_flops_match_the_paper(row):
     if row.params_m:
         assert abs(p.params_diff) <= 100 * row.params_tol, f"params {p.params_m:.2f}M vs paper {row.params_m}M"
     assert abs(p.gflops_diff) <= 100 * row.gflops_tol, f"GFLOPs {p.gflops:.2f} vs paper {row.gflops}"
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if "mini" in n] + ["tsn_vit_b16_clip"])
+def test_activation_checkpointing_gives_the_same_gradients(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, drop_rate=0.0).train()
+    x = _input_for(model, _frame_counts(model)[0], batch=2)
+
+    saved = []
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x).square().sum()
+        saved.append(total[0])
+        out.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = grads()
+    model.load_state_dict(state)  # BN running stats back to where they were
+    model.set_grad_checkpointing(True)
+    got = grads()
+    model.set_grad_checkpointing(False)
+    assert saved[1] < 0.6 * saved[0], saved  # the blocks' activations were not kept
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-6, msg=n)

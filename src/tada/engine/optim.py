@@ -7,8 +7,9 @@ Parameters are grouped by what they are, never by substrings of their names:
 * ``new_param_lr_mult`` x lr for parameters that are new by design (routing functions, T-Pool's
   second norm, TAda branches: ``model.new_parameter_names()``) and for the classifier
   (``model.head_keys()``): TAdaFormer uses 10;
-* layer-wise lr decay: ``decay ** (depth - i)`` for the parameters of the i-th entry of
-  ``model.layer_groups()`` (a list of modules or parameter-name sets, input side first).
+* layer-wise lr decay: ``decay ** (depth - i)`` for a parameter at depth ``i``, from
+  ``model.layer_id(name)`` or else the position in ``model.layer_groups()`` (a list of modules or
+  parameter-name lists, input side first).
 
 The schedule is timm's per-iteration cosine with linear warmup; every group's ``lr_scale`` multiplies it.
 """
@@ -29,6 +30,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _layer_of(model: nn.Module) -> Optional[Dict[str, int]]:
+    if hasattr(model, "layer_id"):  # depth per parameter name (VideoViT: 0 embeddings .. L+1 head)
+        return {n: int(model.layer_id(n)) for n, _ in model.named_parameters()}
     groups = getattr(model, "layer_groups", None)
     if groups is None:
         return None
@@ -50,7 +53,7 @@ def param_groups(model: nn.Module, *, weight_decay: float, new_param_lr_mult: fl
     layers = _layer_of(model) if layer_decay is not None else None
     if layer_decay is not None and layers is None:
         raise ValueError(f"optim.layer_decay is set but {type(model).__name__} defines no layer_groups(); "
-                         "layer-wise lr decay applies to TAdaFormer / ViT models")
+                         "layer-wise lr decay applies to TAdaFormer / ViT models (they define layer_id)")
     depth = (max(layers.values()) if layers else 0)
     groups: Dict[tuple, dict] = {}
     for name, p in model.named_parameters():

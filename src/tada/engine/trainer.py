@@ -177,6 +177,8 @@ class Trainer:
             kwargs["drop_path_rate"] = m.drop_path_rate
         kwargs.setdefault("drop_rate", m.drop_rate)
         model = create_model(m.name, pretrained=m.pretrained, num_classes=num_classes, **kwargs)
+        if self.cfg.train.grad_checkpoint:
+            model.set_grad_checkpointing(True)
         return model.to(self.device)
 
     def _autocast(self):

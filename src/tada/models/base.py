@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import itertools
-from typing import Dict, Set
+from typing import Dict, Set, Tuple
 
+import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from torch import Tensor
 
 from ..nn import RouteFuncAttn, RouteFuncMLP, TemporalAggregation
@@ -22,6 +24,19 @@ def mark_new_by_design(module: nn.Module) -> nn.Module:
     return module
 
 
+class _CheckpointedForward:
+    """A block's forward run under ``torch.utils.checkpoint`` while training with autograd on."""
+
+    def __init__(self, module: nn.Module):
+        self.fn = type(module).forward
+        self.module = module
+
+    def __call__(self, *args, **kwargs):
+        if self.module.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self.fn, self.module, *args, use_reentrant=False, **kwargs)
+        return self.fn(self.module, *args, **kwargs)
+
+
 class VideoClassifier(nn.Module):
     """Base of every model in the zoo. Input ``(B, 3, T, H, W)``.
 
@@ -35,6 +50,20 @@ class VideoClassifier(nn.Module):
 
     frame_multiple: int = 1
     in_chans: int = 3
+    grad_checkpoint_types: Tuple[type, ...] = ()  # the residual blocks activation checkpointing wraps
+
+    # -- activation checkpointing ---------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each residual block's activations in backward instead of storing them (less
+        memory, ~1/3 more compute). BatchNorm running statistics are updated again by the recompute."""
+        if not self.grad_checkpoint_types:
+            raise ValueError(f"{type(self).__name__} does not support activation checkpointing")
+        for m in self.modules():
+            if isinstance(m, self.grad_checkpoint_types):
+                if enable:
+                    m.forward = _CheckpointedForward(m)
+                elif "forward" in m.__dict__:
+                    del m.forward
 
     # -- head ---------------------------------------------------------------------------------
     def _init_head(self, num_features: int, num_classes: int, drop_rate: float = 0.5, head_norm: nn.Module = None):

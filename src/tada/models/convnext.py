@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..nn.layers import DropPath, drop_path  # noqa: F401  (re-exported)
 from ..nn import QuickGELU, RouteFuncAttn, RouteFuncMLP, TAdaConv2d, TemporalAggregation
 from ..nn.functional import batch_to_frames, frames_to_batch
 from .base import VideoClassifier
@@ -61,30 +62,6 @@ _LN_EPS = 1e-6
 
 
 # -- small layers ---------------------------------------------------------------------------------
-def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
-    """Stochastic depth with one decision per video: ``x`` is ``(B, ...)`` and all frames, positions
-    and channels of a video are kept or dropped together (kept ones are scaled by ``1 / (1 - p)``)."""
-    if p == 0.0 or not training:
-        return x
-    keep = 1.0 - p
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-    return x * mask.div_(keep)
-
-
-class DropPath(nn.Module):
-    """Module form of :func:`drop_path` (one decision per video)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = float(p)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return drop_path(x, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p:.3g}"
-
-
 class FrameConv2d(nn.Conv2d):
     """A Conv2d applied to every frame of a ``(B, C, T, H, W)`` tensor; returns ``(B, C', T, H', W')``.
 
@@ -597,3 +574,6 @@ def tadaconvnextv2_mini(**kwargs) -> VideoConvNeXt:
     """A tiny TAdaConvNeXtV2 for CPU tests (depths (1, 1, 2, 1), dims (32, 64, 128, 256), head_dim 16,
     so the wider stages have several attention heads)."""
     return _create({**_MINI, **_V2, "head_dim": 16}, kwargs)
+
+
+VideoConvNeXt.grad_checkpoint_types = (ConvNeXtBlock,)  # set_grad_checkpointing wraps these

@@ -461,3 +461,6 @@ def tada2d_r_mini(*, num_classes: int = 400, **kwargs) -> VideoResNet:
     """The TAda2D counterpart of :func:`tsn_r_mini` (same code and options as TAda2D-R50)."""
     return VideoResNet(depths=MINI_DEPTHS, widths=MINI_WIDTHS, stem_width=MINI_STEM, tada=True,
                        num_classes=num_classes, **kwargs)
+
+
+VideoResNet.grad_checkpoint_types = (Bottleneck,)  # set_grad_checkpointing wraps these

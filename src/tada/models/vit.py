@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..nn.layers import DropPath, drop_path  # noqa: F401  (re-exported)
 from ..nn import QuickGELU, TAdaConv2d, TemporalAggregation
 from .base import VideoClassifier, mark_new_by_design
 from .convert import conv_to_linear, convert_released_route_attn, squeeze_tada_bias, squeeze_tada_weight
@@ -61,31 +62,6 @@ MLP_ACTS = ("quick_gelu", "gelu")
 # ---------------------------------------------------------------------------------------------
 # layers
 # ---------------------------------------------------------------------------------------------
-def drop_path(x: Tensor, p: float, training: bool, batch: int) -> Tensor:
-    """Stochastic depth with one decision per *video*: ``x`` is ``(batch * T, ...)`` with row
-    ``b * T + t``; all frames of a video are kept or dropped together (survivors scaled by 1/(1-p))."""
-    if p == 0.0 or not training:
-        return x
-    keep = 1.0 - p
-    mask = x.new_empty(batch).bernoulli_(keep).div_(keep)
-    mask = mask.repeat_interleave(x.shape[0] // batch)
-    return x * mask.view(-1, *([1] * (x.dim() - 1)))
-
-
-class DropPath(nn.Module):
-    """:func:`drop_path` as a module; ``forward(x, batch)``."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = float(p)
-
-    def forward(self, x: Tensor, batch: int) -> Tensor:
-        return drop_path(x, self.p, self.training, batch)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p:.3g}"
-
-
 class Attention(nn.Module):
     """Multi-head self-attention over ``(N, L, D)`` with ``nn.MultiheadAttention``'s parameter names
     (``in_proj_weight`` ``(3D, D)``, ``in_proj_bias``, ``out_proj``), so CLIP weights map 1:1, computed
@@ -586,3 +562,6 @@ def tadaformer_b16(**kwargs) -> VideoViT:
 def tadaformer_l14(**kwargs) -> VideoViT:
     """TAdaFormer-L/14 (paper: 364M params, 703 GFLOPs at 16x224²)."""
     return VideoViT(**_L14, tada=True, **kwargs)
+
+
+VideoViT.grad_checkpoint_types = (VideoViTBlock,)  # set_grad_checkpointing wraps these

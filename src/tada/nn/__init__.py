@@ -5,6 +5,7 @@ Knows nothing about models, data or configs.
 from . import functional
 from .aggregation import ChannelNorm, TemporalAggregation, temporal_pool
 from .functional import tada_conv2d
+from .layers import DropPath, drop_path
 from .routing import QuickGELU, RouteFuncAttn, RouteFuncMLP, quick_gelu
 from .tadaconv import TAdaConv2d
 
@@ -19,4 +20,6 @@ __all__ = [
     "ChannelNorm",
     "QuickGELU",
     "quick_gelu",
+    "DropPath",
+    "drop_path",
 ]
