@@ -142,3 +142,34 @@ def test_centre_inflate_sees_the_centre_frame_only():
     y3 = torch.nn.functional.conv3d(x, w3, stride=(2, 1, 1), padding=(1, 0, 0))
     y2 = torch.stack([torch.nn.functional.conv2d(x[:, :, t], w) for t in (0, 2, 4)], 2)
     torch.testing.assert_close(y3, y2)
+
+
+class CfgNode(dict):
+    """Like the release's config object, pickled beside the weights."""
+
+
+class Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/tada_payload_ran",))
+
+
+def test_foreign_objects_beside_weights_are_not_imported_or_run(tmp_path, src):
+    cfg = CfgNode(MODEL={"NAME": "x"})
+    cfg.frozen = True
+    torch.save({"epoch": 3, "model_state": src.state_dict(), "cfg": cfg}, tmp_path / "release.pyth")
+    dst = Tiny()
+    load_pretrained(dst, tmp_path / "release.pyth")
+    assert _same(src, dst)
+
+    import os
+
+    if os.path.exists("/tmp/tada_payload_ran"):
+        os.unlink("/tmp/tada_payload_ran")
+    torch.save({"model_state": src.state_dict(), "cfg": Payload()}, tmp_path / "evil.pth")
+    try:
+        load_pretrained(Tiny(), tmp_path / "evil.pth")
+    except ValueError:
+        pass  # refusing is fine too; running the payload is not
+    assert not os.path.exists("/tmp/tada_payload_ran")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,57 @@ def unwrap_state_dict(obj) -> Dict[str, Tensor]:
     return tensors
 
 
+_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)\.(\w+)")
+
+
+def _inert(module: str, name: str) -> type:
+    """A stand-in for a class a checkpoint pickled *beside* its weights (e.g. the release's config
+    node): a plain dict subclass named like it, so ``weights_only`` unpickling can build the object
+    without importing or running anything from the file."""
+
+    def setstate(self, state):
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+
+    def new(cls, *args, **kwargs):
+        return dict.__new__(cls)
+
+    return type(name, (dict,), {"__module__": module, "__qualname__": name, "__setstate__": setstate,
+                                "__new__": new, "__init__": lambda self, *a, **k: None})
+
+
+class _RestrictedPickle:
+    """A pickle module for ``torch.load`` that builds torch's own objects (the ``weights_only``
+    allowlist) and turns every other class the file names into an inert stand-in: nothing from the
+    file is imported or run."""
+
+    __name__ = "tada_restricted_pickle"
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            allowed = torch._weights_only_unpickler._get_allowed_globals()
+            key = f"{module}.{name}"
+            if key in allowed:
+                return allowed[key]
+            return _inert(module, name)
+
+    @staticmethod
+    def load(file, **kwargs):
+        return _RestrictedPickle.Unpickler(file, **kwargs).load()
+
+
+def _load_weights_only(p: Path):
+    """``torch.load(weights_only=True)``. A checkpoint that pickles other objects beside its weights
+    (the release stores its config node there) is read with :class:`_RestrictedPickle` instead, which
+    replaces those objects by inert stand-ins."""
+    try:
+        return torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if _GLOBAL_RE.search(str(e)) is None:
+            raise
+    return torch.load(str(p), map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
+
+
 def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
     """Read a local checkpoint into a flat state dict on the CPU."""
     p = Path(path)
@@ -67,7 +119,7 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
             return unwrap_state_dict(load_file(str(p), device="cpu"))
         if _is_torchscript(p):
             return unwrap_state_dict(torch.jit.load(str(p), map_location="cpu").state_dict())
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        obj = _load_weights_only(p)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
         raise ValueError(
             f"cannot read checkpoint {p}: {type(e).__name__}: {str(e).splitlines()[0][:300]}. "
