@@ -10,7 +10,8 @@ import torch
 
 import tada
 from release_reference import make_released_route_attn, released_route_attn
-from tada.models.convnext import VideoConvNeXt, drop_path
+from tada.models.convnext import VideoConvNeXt
+from tada.nn.layers import drop_path
 from tada.models.flops import profile_model
 from tada.nn import RouteFuncAttn, RouteFuncMLP, TAdaConv2d
 

@@ -13,7 +13,8 @@ from release_reference import make_released_route_attn, released_route_attn
 from tada.models import load_pretrained
 from tada.models.flops import profile_model
 from tada.models.pretrained import centre_inflate
-from tada.models.vit import VideoViT, drop_path, resample_pos_embed
+from tada.models.vit import VideoViT, resample_pos_embed
+from tada.nn.layers import drop_path
 
 open_clip = pytest.importorskip("open_clip")
 

@@ -46,15 +46,16 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..nn.layers import DropPath, drop_path  # noqa: F401  (re-exported)
+from ..nn.layers import DropPath
 from ..nn import QuickGELU, RouteFuncAttn, RouteFuncMLP, TAdaConv2d, TemporalAggregation
 from ..nn.functional import batch_to_frames, frames_to_batch
+from ._checks import check_pos_int_seq
 from .base import VideoClassifier
 from .convert import conv_to_linear, convert_released_route_attn, squeeze_tada_bias, squeeze_tada_weight
 from .pretrained import centre_inflate
 from .registry import register_model
 
-__all__ = ["VideoConvNeXt", "FrameConv2d", "ConvNeXtBlock", "drop_path"]
+__all__ = ["VideoConvNeXt", "FrameConv2d", "ConvNeXtBlock"]
 
 TADA_VERSIONS = (None, "v1", "v2")
 ACTS = ("gelu", "quick_gelu")
@@ -202,15 +203,6 @@ class Stage(nn.Module):
 
 
 # -- the model ------------------------------------------------------------------------------------
-def _check_pos_int_seq(v, name: str):
-    if (
-        not isinstance(v, (tuple, list)) or not v
-        or any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in v)
-    ):
-        raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {v!r}")
-    return tuple(v)
-
-
 class VideoConvNeXt(VideoClassifier):
     """ConvNeXt-layout video classifier: TSN baseline, TAdaConvNeXtV2 or TAdaConvNeXt (V1).
 
@@ -256,8 +248,8 @@ class VideoConvNeXt(VideoClassifier):
         in_chans: int = 3,
     ):
         super().__init__()
-        depths = _check_pos_int_seq(depths, "depths")
-        dims = _check_pos_int_seq(dims, "dims")
+        depths = check_pos_int_seq(depths, "depths")
+        dims = check_pos_int_seq(dims, "dims")
         if len(depths) != len(dims):
             raise ValueError(f"depths {depths} and dims {dims} must have the same length")
         if tada not in TADA_VERSIONS:

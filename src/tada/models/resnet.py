@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch.nn as nn
 from torch import Tensor
@@ -36,6 +36,7 @@ from torch import Tensor
 from ..nn import TAdaConv2d, TemporalAggregation, temporal_pool
 from ..nn.aggregation import NORMS, POOLS, SHORTCUTS
 from ..nn.functional import CAL_DIMS, IMPLS, batch_to_frames, frames_to_batch
+from ._checks import check_bool, check_choice, check_pos_int, check_pos_int_seq
 from .base import VideoClassifier
 from .convert import convert_released_route_mlp, squeeze_tada_weight
 from .registry import register_model
@@ -61,30 +62,6 @@ MINI_STEM = 32
 
 
 # -- validation ------------------------------------------------------------------------------------
-def _check_pos_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {tuple(choices)}")
-    return value
-
-
-def _check_int_seq(value: Any, name: str) -> Tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
-        raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {value!r}")
-    return tuple(_check_pos_int(v, f"{name}[{i}]") for i, v in enumerate(value))
-
-
 # -- T-Pool on frame-major 4-D tensors --------------------------------------------------------------
 def aggregate_frame_major(agg: TemporalAggregation, y: Tensor, frames: int) -> Tensor:
     """``agg(y)`` for ``y`` given as frame-major ``(B*T, C, H, W)``; returns ``(B*T, C, H, W)``.
@@ -240,25 +217,25 @@ class VideoResNet(VideoClassifier):
         num_classes: int = 400,
     ):
         super().__init__()
-        depths = _check_int_seq(depths, "depths")
-        widths = _check_int_seq(widths, "widths")
+        depths = check_pos_int_seq(depths, "depths")
+        widths = check_pos_int_seq(widths, "widths")
         if len(depths) != len(widths):
             raise ValueError(f"depths {depths} and widths {widths} must have the same length (one per stage)")
-        stem_width = _check_pos_int(stem_width, "stem_width")
-        bottleneck_ratio = _check_pos_int(bottleneck_ratio, "bottleneck_ratio")
+        stem_width = check_pos_int(stem_width, "stem_width")
+        bottleneck_ratio = check_pos_int(bottleneck_ratio, "bottleneck_ratio")
         for i, w in enumerate(widths):
             if w % bottleneck_ratio:
                 raise ValueError(f"widths[{i}]={w} is not divisible by bottleneck_ratio={bottleneck_ratio}")
-        tada = _check_bool(tada, "tada")
-        aggregation = tada if aggregation is None else _check_bool(aggregation, "aggregation")
-        _check_choice(cal_dim, "cal_dim", CAL_DIMS)
-        _check_choice(routing, "routing", ROUTINGS)
-        _check_choice(tada_impl, "tada_impl", IMPLS)
+        tada = check_bool(tada, "tada")
+        aggregation = tada if aggregation is None else check_bool(aggregation, "aggregation")
+        check_choice(cal_dim, "cal_dim", CAL_DIMS)
+        check_choice(routing, "routing", ROUTINGS)
+        check_choice(tada_impl, "tada_impl", IMPLS)
         if tada_impl == "fast" and cal_dim == "k2":
             raise ValueError("cal_dim='k2' has no exact fast path: use tada_impl='grouped' or 'auto'")
-        _check_choice(agg_norm, "agg_norm", NORMS)
-        _check_choice(agg_pool, "agg_pool", POOLS)
-        _check_choice(agg_shortcut, "agg_shortcut", SHORTCUTS)
+        check_choice(agg_norm, "agg_norm", NORMS)
+        check_choice(agg_pool, "agg_pool", POOLS)
+        check_choice(agg_shortcut, "agg_shortcut", SHORTCUTS)
         if routing_kwargs is not None:
             if not isinstance(routing_kwargs, Mapping):
                 raise ValueError(f"routing_kwargs must be a dict, got {type(routing_kwargs).__name__}")

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..nn.layers import DropPath, drop_path  # noqa: F401  (re-exported)
+from ..nn.layers import DropPath
 from ..nn import QuickGELU, TAdaConv2d, TemporalAggregation
 from .base import VideoClassifier, mark_new_by_design
 from .convert import conv_to_linear, convert_released_route_attn, squeeze_tada_bias, squeeze_tada_weight
