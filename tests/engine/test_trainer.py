@@ -164,7 +164,7 @@ def test_nan_loss_stops_with_step_and_checkpoint(synth, tmp_path):
 def test_bad_config_and_missing_checkpoint_give_clear_errors(synth, tmp_path, capsys):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(f"model:\n  name: tsn_convnext_mini\ndata:\n  root: {synth}\n  train_list: train.txt\n"
-                        "  test_list: test.txt\n")
+                        f"  test_list: test.txt\ntrain:\n  output_dir: {tmp_path / 'out'}\n")
     assert main(["train", str(cfg_file), "optim.lrr=0.1"]) == 2
     assert "unknown config key 'optim.lrr'; did you mean 'lr'" in capsys.readouterr().err
     assert main(["train", str(cfg_file), "data.frames=eight"]) == 2
