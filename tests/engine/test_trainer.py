@@ -221,3 +221,19 @@ def test_sigterm_saves_and_exits_cleanly(synth, tmp_path):
     assert "stopped at step" in text and "SIGTERM" in text
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["step"] >= 1 and state["extra"]["batch_in_epoch"] >= 1
+
+
+def test_training_options_run_together(synth, tmp_path):
+    """bf16 autocast, gradient accumulation and clipping, mixup + label smoothing, EMA, channels-last
+    input and activation checkpointing in one short run; EMA and model weights end up different."""
+    cfg = _cfg(synth, tmp_path / "opts", "model.name=tada2d_r_mini", "train.amp=bf16", "optim.accum_steps=2",
+               "optim.clip_grad=1.0", "train.mixup_alpha=0.2", "train.label_smoothing=0.1", "train.ema_decay=0.9",
+               "train.channels_last=true", "train.grad_checkpoint=true", "data.val_list=null", "optim.epochs=1")
+    tr = Trainer(cfg, progress=False)
+    out = tr.fit()
+    assert out["steps"] == 3  # 7 batches of 4 -> 3 optimiser steps of 2 accumulated batches
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in out["history"])
+    ema, model = tr.ema.module.state_dict(), tr.model.state_dict()
+    assert any(not torch.equal(ema[k], model[k]) for k in model if model[k].is_floating_point())
+    state = torch.load(tmp_path / "opts" / "last.pt", weights_only=True)
+    assert "model_ema_state" in state and state["step"] == 3
