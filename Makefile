@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) benchmarks/op_speed.py --json results/op_speed.json
+	$(VENV)/bin/tada demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -280,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:  # everything after `demo` is the demo's own (argparse.REMAINDER drops leading options)
+        from tada.engine.demo import main as demo_main
+
+        return demo_main(argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # KEY=VALUE overrides given after an option (e.g. after --checkpoint CKPT)

@@ -51,7 +51,10 @@ def test_quick_demo_writes_table_json_and_plots(quick, capsys):
 def test_second_run_into_the_same_folder_reuses_the_data(quick, capsys):
     out, first = quick
     before = (out / "data" / "train.txt").stat().st_mtime_ns
-    again = run_demo(out, quick=True, progress=False)
+    from tada.cli import main as tada_main
+
+    assert tada_main(["demo", "--out", str(out), "--quick", "--no-progress"]) == 0  # the `tada demo` command
+    again = json.loads((out / "summary.json").read_text())
     assert again["dataset"]["generated"] is False
     assert (out / "data" / "train.txt").stat().st_mtime_ns == before
     # trained afresh (no resume from the first run's last.pt): one epoch of history, not two
