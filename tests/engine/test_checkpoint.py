@@ -40,7 +40,7 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
     with pytest.raises(RuntimeError, match="disk full"):
         atomic_save({"v": Boom()}, target)
-    assert torch.equal(torch.load(target)["v"], torch.ones(1))
+    assert torch.equal(torch.load(target, weights_only=True)["v"], torch.ones(1))
     assert [f.name for f in tmp_path.iterdir()] == ["last.pt"]  # no temp files left
 
 

@@ -114,5 +114,5 @@ def test_gather_across_two_processes_counts_padding_once(tmp_path):
     single.add(*_rows(keys))
     ref = single.summarise()
     for r in range(2):
-        got = torch.load(tmp_path / f"{r}.pt")
+        got = torch.load(tmp_path / f"{r}.pt", weights_only=True)
         assert got == {"top1": ref.top1, "videos": 3, "views": 7}

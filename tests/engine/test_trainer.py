@@ -131,7 +131,7 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(synth, t
     ddp = tmp_path / "ddp"
     ddp.mkdir()
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(synth), str(ddp)), nprocs=2, join=True)
-    got = torch.load(ddp / "params.pt")
+    got = torch.load(ddp / "params.pt", weights_only=True)
     assert ref.keys() == got.keys()
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
