@@ -11,12 +11,11 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from ..data import decode as DEC
-from ..data import sampling as S
-from ..data import transforms as TF
+from ..data import datasets as D
 from ..models import create_model
 from .checkpoint import load_checkpoint
 from .config import Config, from_dict
+from .trainer import test_transforms
 
 __all__ = ["load_for_inference", "predict_videos"]
 
@@ -46,29 +45,21 @@ def predict_videos(videos: Sequence[str], checkpoint, *, topk: int = 5, device: 
         raise ValueError(f"topk must be >= 1, got {topk}")
     model, cfg, names = load_for_inference(checkpoint, device)
     d = cfg.data
-    mean, std = (TF.CLIP_MEAN, TF.CLIP_STD) if d.normalize == "clip" else (TF.IMAGENET_MEAN, TF.IMAGENET_STD)
-    crops = [TF.build_test_transform(short_side=d.test_short_side, crop_size=d.test_crop_size,
-                                     num_crops=d.test_crops, crop_index=c, mean=mean, std=std)
-             for c in range(d.test_crops)]
+    transforms = test_transforms(d)
     out = []
     for video in videos:
-        try:
-            info = DEC.probe(video, backend=d.backend)
-            views = []
-            for clip in range(d.test_clips):
-                if d.sampling == "interval":
-                    idx = S.interval_indices(info.num_frames, d.frames, d.rate, video_fps=info.fps,
-                                             target_fps=d.target_fps, train=False, clip_index=clip,
-                                             num_clips=d.test_clips)
-                else:
-                    idx = S.segment_indices(info.num_frames, d.frames, train=False, clip_index=clip,
-                                            num_clips=d.test_clips)
-                frames = DEC.read_frames(video, idx, backend=d.backend)
-                views += [t(frames) for t in crops]
-        except (DEC.VideoDecodeError, FileNotFoundError) as e:
-            out.append({"video": str(video), "error": str(e)})
+        # the test views of a one-video dataset: the same sampling and crops as `tada test`
+        ds = D.VideoClipDataset([D.Sample(str(video), 0)], frames=d.frames, sampling=d.sampling, rate=d.rate,
+                                target_fps=d.target_fps, train=False, transform=transforms,
+                                num_clips=d.test_clips, num_crops=d.test_crops, backend=backend or d.backend)
+        try:  # an unreadable video is reported (a one-video dataset cannot fill in for it)
+            items = [ds[i] for i in range(len(ds))]
+        except RuntimeError:
+            items = None
+        if items is None or not all(it["valid"] for it in items):
+            out.append({"video": str(video), "error": ds.failures.get(str(video), "unreadable video")})
             continue
-        x = torch.stack(views).to(device)
+        x = torch.stack([it["video"] for it in items]).to(device)
         probs = torch.softmax(model(x).float(), dim=1).mean(0)
         k = min(topk, len(names))
         p, i = probs.topk(k)

@@ -34,7 +34,7 @@ from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed, i
 from .metrics import EvalResult, ViewAccumulator, write_per_class_csv
 from .optim import build_optimizer, build_scheduler, scaled_lr
 
-__all__ = ["Trainer", "build_dataset", "TrainingStopped"]
+__all__ = ["Trainer", "build_dataset", "test_transforms", "TrainingStopped"]
 
 log = logging.getLogger("tada.train")
 
@@ -54,6 +54,14 @@ def _resolve(root: str, path: Optional[str]) -> Optional[Path]:
         return None
     p = Path(path)
     return p if p.is_absolute() or p.exists() else Path(root) / p
+
+
+def test_transforms(d) -> list:
+    """One test pipeline per spatial crop index of the data config ``d`` (a :class:`DataConfig`)."""
+    mean, std = _norm_stats(d.normalize)
+    return [TF.build_test_transform(short_side=d.test_short_side, crop_size=d.test_crop_size,
+                                    num_crops=d.test_crops, crop_index=c, mean=mean, std=std)
+            for c in range(d.test_crops)]
 
 
 def build_dataset(cfg: Config, split: str, *, train: Optional[bool] = None):
@@ -82,9 +90,7 @@ def build_dataset(cfg: Config, split: str, *, train: Optional[bool] = None):
         clips, crops = 1, 1
     else:
         clips, crops = d.test_clips, d.test_crops
-        transform = [TF.build_test_transform(short_side=d.test_short_side, crop_size=d.test_crop_size,
-                                             num_crops=crops, crop_index=c, mean=mean, std=std)
-                     for c in range(crops)]
+        transform = test_transforms(d)
     ds = D.VideoClipDataset(
         samples, root=d.root or None, frames=d.frames, sampling=d.sampling, rate=d.rate,
         target_fps=d.target_fps, train=is_train, transform=transform, num_clips=clips, num_crops=crops,
@@ -200,7 +206,7 @@ class Trainer:
                           pin_memory=self.device.type == "cuda", persistent_workers=False)
 
     # -- loss ----------------------------------------------------------------------------------
-    def _loss(self, logits, batch, mix):
+    def _loss(self, logits, batch):
         y = batch["label"].to(self.device)
         if self.multi_head:
             nv = len(self.class_names[0])
@@ -287,7 +293,7 @@ class Trainer:
             with ctx:
                 with self._autocast():
                     logits = self.forward_model(x)
-                loss = self._loss(logits, batch, self.mixup)
+                loss = self._loss(logits, batch)
                 if not torch.isfinite(loss):
                     path = self._save(f"nan_step{self.step}.pt")
                     raise FloatingPointError(
