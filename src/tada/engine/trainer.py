@@ -143,8 +143,8 @@ class Trainer:
                 self.datasets[split] = build_dataset(cfg, split)
         ref = next(iter(self.datasets.values()), None)
         self.class_names = list(ref[1]) if ref else None
-        self.multi_head = isinstance(self.class_names, tuple) or (
-            self.class_names is not None and len(self.class_names) == 2 and isinstance(self.class_names[0], list))
+        # Epic-Kitchens parsers give (verb names, noun names): one head over both, split in the loss
+        self.multi_head = bool(self.class_names) and isinstance(self.class_names[0], (list, tuple))
         num_classes = cfg.model.num_classes or self._num_classes()
         self.model = self._build_model(num_classes)
         self.ema = None
