@@ -542,26 +542,26 @@ _L14 = dict(width=1024, layers=24, heads=16, patch_size=14)
 @register_model
 def tsn_vit_b16_clip(**kwargs) -> VideoViT:
     """CLIP ViT-B/16 applied per frame (TSN baseline), frames averaged."""
-    return VideoViT(**_B16, tada=False, **kwargs)
+    return VideoViT(**{**_B16, "tada": False, **kwargs})
 
 
 @register_model
 def tsn_vit_l14_clip(**kwargs) -> VideoViT:
     """CLIP ViT-L/14 applied per frame (TSN baseline), frames averaged."""
-    return VideoViT(**_L14, tada=False, **kwargs)
+    return VideoViT(**{**_L14, "tada": False, **kwargs})
 
 
 @register_model
 def tadaformer_b16(**kwargs) -> VideoViT:
     """TAdaFormer-B/16 (paper: 104.1M params, 153 GFLOPs at 16x224²; SSV2 recipe adds
     ``temp_enhance=True, double_tada=True``)."""
-    return VideoViT(**_B16, tada=True, **kwargs)
+    return VideoViT(**{**_B16, "tada": True, **kwargs})
 
 
 @register_model
 def tadaformer_l14(**kwargs) -> VideoViT:
     """TAdaFormer-L/14 (paper: 364M params, 703 GFLOPs at 16x224²)."""
-    return VideoViT(**_L14, tada=True, **kwargs)
+    return VideoViT(**{**_L14, "tada": True, **kwargs})
 
 
 VideoViT.grad_checkpoint_types = (VideoViTBlock,)  # set_grad_checkpointing wraps these
