@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from tada.cli import main
-from tada.data.synth import REVERSAL_PAIRS, SYNTH_CLASSES, make_synthetic_dataset, render_clip, resolve_classes
+from tada.data.synth import (
+    DEFAULT_CLASSES, REVERSAL_PAIRS, SYNTH_CLASSES, make_synthetic_dataset, render_clip, resolve_classes,
+)
 
 
 def decode(path) -> np.ndarray:
@@ -76,8 +78,10 @@ def test_same_seed_same_frames_different_seed_different(tiny, tmp_path):
 
 
 def test_class_selection():
-    assert resolve_classes(None) == list(SYNTH_CLASSES) and len(SYNTH_CLASSES) == 10
+    assert resolve_classes(None) == list(DEFAULT_CLASSES) and len(DEFAULT_CLASSES) == 10
+    assert "rotating_clockwise" not in DEFAULT_CLASSES and len(SYNTH_CLASSES) == 12
     assert resolve_classes(["6"]) == list(SYNTH_CLASSES[:6])
+    assert resolve_classes(["12"]) == list(SYNTH_CLASSES)
     assert resolve_classes(["growing", "shrinking"]) == ["growing", "shrinking"]
     with pytest.raises(ValueError, match="unknown synthetic class"):
         resolve_classes(["jumping"])
@@ -107,15 +111,19 @@ def ks(a, b) -> float:
 
 
 def clip_stats(name: str, seed: int = 7):
-    """Per video and frame: mask centroid (x, y), object area, opacity, mean colour; and the angle."""
+    """Per video and frame: mask centroid (x, y), object area, the object's spread across / down (the
+    ratio of the mask's standard deviations in x and y), opacity, mean colour; and the angle."""
     yy, xx = np.mgrid[0:32, 0:32] + 0.5
-    out = {k: [] for k in ("x", "y", "area", "alpha", "angle", "colour")}
+    out = {k: [] for k in ("x", "y", "area", "aspect", "alpha", "angle", "colour")}
     for i in range(N):  # independent draws, seeded as make_synthetic_dataset seeds them
         c = render_clip(name, [seed, SYNTH_CLASSES.index(name), i], frames=8, size=32)
         area = c.mask.sum(axis=(1, 2))
         out["x"].append((c.mask * xx).sum(axis=(1, 2)) / area)
         out["y"].append((c.mask * yy).sum(axis=(1, 2)) / area)
         out["area"].append(area)
+        var_x = (c.mask * (xx - out["x"][-1][:, None, None]) ** 2).sum(axis=(1, 2)) / area
+        var_y = (c.mask * (yy - out["y"][-1][:, None, None]) ** 2).sum(axis=(1, 2)) / area
+        out["aspect"].append(np.sqrt(var_x / var_y))
         out["alpha"].append(c.alpha)
         out["angle"].append(c.angle)
         out["colour"].append(c.frames.reshape(8, -1, 3).mean(axis=1))
@@ -129,7 +137,7 @@ def stats():
 
 # The quantity whose order tells the two classes of a pair apart, and which class makes it grow.
 ORDERED = {"moving_right": "x", "moving_down": "y", "growing": "area", "rotating_clockwise": "angle",
-           "fading_in": "alpha"}
+           "fading_in": "alpha", "widening": "aspect"}
 
 
 @pytest.mark.parametrize("fwd,rev", REVERSAL_PAIRS)
@@ -137,7 +145,7 @@ def test_pair_frame_statistics_match_but_order_differs(stats, fwd, rev):
     a, b = stats[fwd], stats[rev]
     # The set of frames: distributions over all frames of all videos agree (KS statistic below the
     # critical value; an ordered or per-position statistic is far above it, see the end).
-    for key in ("x", "y", "area", "alpha"):
+    for key in ("x", "y", "area", "aspect", "alpha"):
         assert ks(a[key], b[key]) < KS_TOL, (key, ks(a[key], b[key]))
     # Mean colour over all frames: equal within 4 standard errors (per channel, per-video means).
     ca, cb = a["colour"].mean(axis=1), b["colour"].mean(axis=1)  # (N, 3)
