@@ -245,12 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth = sub.add_parser(
         "synth", help="write the synthetic temporal-reasoning dataset (time-reversal class pairs)",
         description="Write H.264 .mp4 videos of classes that come in time-reversal pairs (moving left/right, "
-        "up/down, growing/shrinking, rotating cw/ccw, fading in/out) plus Kinetics-style train/val/test "
-        "lists and classes.txt.",
+        "up/down, growing/shrinking, fading in/out, widening/narrowing; rotating cw/ccw on request) plus "
+        "Kinetics-style train/val/test lists and classes.txt.",
     )
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--classes", nargs="+", default=None, metavar="N|NAME",
-                       help="number of classes (taken pair by pair) or class names (default: all 10)")
+                       help="number of classes (taken pair by pair, at most 12) or class names (default: the 10 "
+                       "of the five pairs without rotation)")
     synth.add_argument("--per-class", type=int, default=60, help="videos per class (default 60)")
     synth.add_argument("--frames", type=int, default=16, help="frames per video (default 16)")
     synth.add_argument("--size", type=int, default=64, help="frame height = width, even (default 64)")
