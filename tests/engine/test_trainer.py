@@ -1,6 +1,7 @@
 """The training engine end to end on tiny real data: learning, exact resume, DDP equivalence, NaN
 stops, bad input, SIGTERM, and `tada predict` on real video files."""
 import csv
+import math
 import os
 import signal
 import socket
@@ -77,21 +78,31 @@ def test_short_training_lowers_loss_and_beats_chance(synth, tmp_path):
     assert (tmp_path / "run" / "epochs.csv").exists() and (tmp_path / "run" / "best.pt").exists()
 
 
-def test_resume_mid_epoch_gives_the_same_losses(synth, tmp_path):
+@pytest.mark.parametrize("amp", ["none", "fp16"])
+def test_resume_mid_epoch_gives_the_same_losses(synth, tmp_path, amp):
+    """fp16: autocast + loss scaling (the GPU path, run on the CPU) with clipping, whose scaler state
+    must come back on resume too (its scale starts at 2^16 and backs off on overflowing steps)."""
+    opts = ("optim.epochs=3", f"train.amp={amp}") + (("optim.clip_grad=1.0",) if amp == "fp16" else ())
     full = tmp_path / "full"
-    Trainer(_cfg(synth, full, "optim.epochs=3"), progress=False).fit()
+    Trainer(_cfg(synth, full, *opts), progress=False).fit()
     ref = _losses(full)
     assert len(ref) == 21  # 3 epochs x 7 steps (30 clips, batch 4, last partial batch dropped)
+    assert all(math.isfinite(v) for v in ref)
 
     part = tmp_path / "part"
     with pytest.raises(TrainingStopped, match="stopped at step 4"):
-        Trainer(_cfg(synth, part, "optim.epochs=3", "train.stop_after_steps=4"), progress=False).fit()
+        Trainer(_cfg(synth, part, *opts, "train.stop_after_steps=4"), progress=False).fit()
     assert _losses(part) == pytest.approx(ref[:4], rel=1e-6)
-    resumed = Trainer(_cfg(synth, part, "optim.epochs=3"), progress=False)
+    if amp == "fp16":
+        scaler = torch.load(part / "last.pt", weights_only=True)["scaler_state"]
+        assert 0 < scaler["scale"] < 2.0**16, scaler  # it backed off at least once: the scaler is live
+    resumed = Trainer(_cfg(synth, part, *opts), progress=False)
     resumed.fit()
     got = _losses(part)
     assert len(got) == len(ref)
     assert got == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    if amp == "fp16":
+        assert resumed.scaler.state_dict() == torch.load(full / "last.pt", weights_only=True)["scaler_state"]
 
 
 def _free_port():
