@@ -16,7 +16,8 @@ def test_there_is_a_recipe_per_paper_setting():
     names = {str(p.relative_to(ROOT)) for p in RECIPES}
     for ds in ("k400", "ssv2"):
         for m in ("tada2d_r50", "tsn_r50", "tadaconvnextv2_tiny", "tadaconvnextv2_small", "tadaconvnextv2_base",
-                  "tsn_convnext_tiny", "tadaformer_b16", "tadaformer_l14", "tsn_vit_b16_clip"):
+                  "tsn_convnext_tiny", "tsn_convnext_small", "tsn_convnext_base", "tadaformer_b16", "tadaformer_l14",
+                  "tsn_vit_b16_clip", "tsn_vit_l14_clip"):
             assert any(n.startswith(f"{ds}/{m}") for n in names), (ds, m)
 
 
