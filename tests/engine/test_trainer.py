@@ -173,6 +173,8 @@ def test_nan_loss_stops_with_step_and_checkpoint(synth, tmp_path):
 
 
 def test_bad_config_and_missing_checkpoint_give_clear_errors(synth, tmp_path, capsys):
+    with pytest.raises(ValueError, match="train.sync_bn=true needs GPUs"):  # not at the first forward
+        Trainer(_cfg(synth, tmp_path / "sbn", "train.sync_bn=true"), progress=False)
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(f"model:\n  name: tsn_convnext_mini\ndata:\n  root: {synth}\n  train_list: train.txt\n"
                         f"  test_list: test.txt\ntrain:\n  output_dir: {tmp_path / 'out'}\n")

@@ -132,7 +132,7 @@ class Trainer:
         self.out = Path(cfg.train.output_dir)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        self._check_amp()
+        self._check_device_options()
         torch.manual_seed(cfg.train.seed + self.dist.rank)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -166,7 +166,10 @@ class Trainer:
         self._stop_signal = False
 
     # -- building ------------------------------------------------------------------------------
-    def _check_amp(self):
+    def _check_device_options(self):
+        if self.cfg.train.sync_bn and self.device.type == "cpu":
+            raise ValueError("train.sync_bn=true needs GPUs: PyTorch's SyncBatchNorm has no CPU kernel. "
+                             "On the CPU set train.sync_bn=false (each process then normalises its own batch)")
         if self.cfg.train.amp == "fp16" and self.device.type != "cuda" and self.dist.is_main:
             # It works (autocast + loss scaling, the GPU code path), but CPUs have no fast fp16 kernels.
             log.warning("train.amp=fp16 on %s: runs, with loss scaling, but slowly; bf16 is the CPU choice",
