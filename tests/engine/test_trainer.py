@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import tada
 from tada.cli import main
 import numpy as np
 
@@ -317,3 +318,20 @@ def test_epic_kitchens_verb_noun_action_end_to_end(epic, tmp_path):
     assert res.extra["action_top1"] <= min(res.extra["verb_top1"], res.extra["noun_top1"])
     paths = tr.write_report(res)
     assert os.path.getsize(paths["results_json"]) > 0
+
+
+def test_ema_starts_from_the_pretrained_weights(synth, tmp_path):
+    """The EMA copy is made after ``model.pretrained`` is loaded: at step 0 it holds those weights
+    (made before, it would hold the random init and drag the average towards it for thousands of steps)."""
+    torch.manual_seed(5)
+    donor = tada.create_model("tsn_convnext_mini", num_classes=3)
+    with torch.no_grad():
+        for p in donor.parameters():
+            p.add_(torch.randn_like(p))
+    torch.save(donor.state_dict(), tmp_path / "pretrained.pt")
+    cfg = _cfg(synth, tmp_path / "ema", f"model.pretrained={tmp_path / 'pretrained.pt'}", "train.ema_decay=0.99")
+    tr = Trainer(cfg, progress=False)
+    want, got = donor.state_dict(), tr.ema.module.state_dict()
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], msg=k)
