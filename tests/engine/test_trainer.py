@@ -64,11 +64,17 @@ def _losses(out):
 
 
 def test_short_training_lowers_loss_and_beats_chance(synth, tmp_path):
-    cfg = _cfg(synth, tmp_path / "run", "optim.epochs=4", "model.name=tada2d_r_mini")
+    cfg = _cfg(synth, tmp_path / "run", "optim.epochs=4", "model.name=tada2d_r_mini", "train.save_every=2")
     tr = Trainer(cfg, progress=False)
     out = tr.fit()
     hist = out["history"]
     assert hist[-1]["train_loss"] < 0.7 * hist[0]["train_loss"]
+    # last / best / every-N checkpoints: best.pt holds the epoch with the best validation top-1
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("*.pt")) == ["best.pt", "epoch_2.pt", "epoch_4.pt", "last.pt"]
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["metrics"]["val_top1"] == max(h["val_top1"] for h in hist)
+    assert torch.load(run / "epoch_2.pt", weights_only=True)["epoch"] == 2
     test, _ = build_dataset(cfg, "test")
     res = tr.evaluate(test)
     assert res.num_videos == len(test) // 2 and res.num_views == len(test)
