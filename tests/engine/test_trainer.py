@@ -341,3 +341,33 @@ def test_ema_starts_from_the_pretrained_weights(synth, tmp_path):
     assert set(got) == set(want)
     for k in want:
         torch.testing.assert_close(got[k], want[k], msg=k)
+
+
+def test_torch_compile_computes_what_eager_mode_does(synth, tmp_path):
+    """``train.compile=true`` (inductor, C++ on the CPU; ~40 s to compile): on one batch, the compiled
+    TAda2D gives eager mode's logits and gradients; then it trains (fused kernels round differently, so
+    whole loss curves drift apart after a few AdamW steps and are not compared), and its checkpoints
+    load into an eager model."""
+    cfg = _cfg(synth, tmp_path / "compiled", "optim.epochs=1", "data.val_list=null", "model.name=tada2d_r_mini",
+               "train.compile=true")
+    tr = Trainer(cfg, progress=False)
+    assert tr.forward_model is not tr.ddp
+    batch = next(iter(tr._loader(tr.datasets["train"][0], train=True)))
+    results = []
+    for fn in (tr.model, tr.forward_model):
+        torch.manual_seed(0)  # drop-out draws alike
+        tr.model.zero_grad(set_to_none=True)
+        logits = fn(batch["video"])
+        logits.logsumexp(1).sum().backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in tr.model.named_parameters()}))
+    (eager, eager_grads), (compiled, compiled_grads) = results
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    for n, g in eager_grads.items():  # float32 sums in another order: tolerance relative to the largest entry
+        torch.testing.assert_close(compiled_grads[n], g, rtol=1e-3, atol=1e-3 * float(g.abs().max()) + 1e-8)
+    tr.model.zero_grad(set_to_none=True)
+    tr.fit()
+    losses = _losses(tmp_path / "compiled")
+    assert len(losses) == 7 and sum(losses[-3:]) / 3 < 0.7 * losses[0], losses
+    state = torch.load(tmp_path / "compiled" / "last.pt", weights_only=True)["model_state"]
+    assert not any(k.startswith("_orig_mod.") for k in state)
+    tada.create_model("tada2d_r_mini", num_classes=3).load_state_dict(state)
