@@ -397,7 +397,7 @@ def make_synthetic_dataset(
         from tqdm import tqdm
 
         iterator = tqdm(jobs, desc="tada synth", unit="video")
-    for label, name, i in iterator:
+    for _label, name, i in iterator:
         rel = Path("videos") / name / f"{name}_{i:04d}.mp4"
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         # Seeded by (seed, canonical class id, i): independent of the other classes and of per_class.
