@@ -414,33 +414,37 @@ def _tada_or_conv_weight(w: Tensor, key: str) -> Tensor:
 
 
 # -- registered models ------------------------------------------------------------------------------
-def _create(defaults: dict, num_classes: int, kwargs: dict) -> VideoResNet:
+_R50 = {"depths": R50_DEPTHS, "widths": R50_WIDTHS}
+_MINI = {"depths": MINI_DEPTHS, "widths": MINI_WIDTHS, "stem_width": MINI_STEM}
+
+
+def _create(defaults: dict, kwargs: dict) -> VideoResNet:
     """A VideoResNet from a variant's defaults; ``kwargs`` (e.g. ``depths``, ``widths``) override them."""
-    return VideoResNet(**{**defaults, "num_classes": num_classes, **kwargs})
+    return VideoResNet(**{**defaults, **kwargs})
 
 
 @register_model
 def tsn_r50(*, num_classes: int = 400, **kwargs) -> VideoResNet:
     """TSN-R50: ResNet-50 applied per frame, frames averaged (24.3M params, 33.0 GFLOPs at 8x224²)."""
-    return _create(dict(depths=R50_DEPTHS, widths=R50_WIDTHS, tada=False), num_classes, kwargs)
+    return _create({**_R50, "tada": False, "num_classes": num_classes}, kwargs)
 
 
 @register_model
 def tada2d_r50(*, num_classes: int = 400, **kwargs) -> VideoResNet:
     """TAda2D-R50: TAdaConv (cin, V1 routing r=4) + T-Pool in every bottleneck (27.5M, 33.02 GFLOPs)."""
-    return _create(dict(depths=R50_DEPTHS, widths=R50_WIDTHS, tada=True), num_classes, kwargs)
+    return _create({**_R50, "tada": True, "num_classes": num_classes}, kwargs)
 
 
 @register_model
 def tsn_r_mini(*, num_classes: int = 400, **kwargs) -> VideoResNet:
     """A small TSN ResNet for CPU tests: one bottleneck per stage, widths 64/128/256/512, stem 32."""
-    return _create(dict(depths=MINI_DEPTHS, widths=MINI_WIDTHS, stem_width=MINI_STEM, tada=False), num_classes, kwargs)
+    return _create({**_MINI, "tada": False, "num_classes": num_classes}, kwargs)
 
 
 @register_model
 def tada2d_r_mini(*, num_classes: int = 400, **kwargs) -> VideoResNet:
     """The TAda2D counterpart of :func:`tsn_r_mini` (same code and options as TAda2D-R50)."""
-    return _create(dict(depths=MINI_DEPTHS, widths=MINI_WIDTHS, stem_width=MINI_STEM, tada=True), num_classes, kwargs)
+    return _create({**_MINI, "tada": True, "num_classes": num_classes}, kwargs)
 
 
 VideoResNet.grad_checkpoint_types = (Bottleneck,)  # set_grad_checkpointing wraps these
