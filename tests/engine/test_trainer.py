@@ -273,10 +273,14 @@ def epic(tmp_path_factory):
     (out / "P01").mkdir()
     rng = np.random.default_rng(1)
     rows = {"train": [], "validation": [], "test": []}
+    actions = [(a, b) for a in range(3) for b in range(2)]
+
+    def stamp(seconds):
+        return f"00:00:{seconds:05.2f}"
+
     for v in range(8):
         vid = f"P01_{v + 1:02d}"
         split = "train" if v < 5 else ("validation" if v < 6 else "test")
-        actions = [(a, b) for a in range(3) for b in range(2)]
         frames = []
         for k in rng.permutation(len(actions)):
             verb, noun = actions[k]
@@ -284,14 +288,13 @@ def epic(tmp_path_factory):
             clip[..., verb] += np.uint8(100)
             frames.append(clip)
             start, stop = len(frames) - 1, len(frames)  # in units of 10 frames = 1/3 s
-            stamp = lambda s: f"00:00:{s:05.2f}"  # noqa: E731
             rows[split].append({
                 "narration_id": f"{vid}_{len(frames) - 1}", "participant_id": "P01", "video_id": vid,
                 "narration_timestamp": stamp(start / 3), "start_timestamp": stamp(start / 3 + 0.04),
                 "stop_timestamp": stamp(stop / 3 - 0.04), "start_frame": str(10 * start + 1),
                 "stop_frame": str(10 * stop), "narration": f"{VERBS[verb]} {NOUNS[noun]}", "verb": VERBS[verb],
-                "verb_class": str(verb), "noun": NOUNS[noun], "noun_class": str(noun), "all_nouns": f"['{NOUNS[noun]}']",
-                "all_noun_classes": f"[{noun}]"})
+                "verb_class": str(verb), "noun": NOUNS[noun], "noun_class": str(noun),
+                "all_nouns": f"['{NOUNS[noun]}']", "all_noun_classes": f"[{noun}]"})
         write_video(out / "P01" / f"{vid}.MP4", np.concatenate(frames), fps=30)
     for split, split_rows in rows.items():
         with open(out / f"EPIC_100_{split}.csv", "w", newline="") as f:
@@ -344,7 +347,7 @@ def test_ema_starts_from_the_pretrained_weights(synth, tmp_path):
 
 
 def test_torch_compile_computes_what_eager_mode_does(synth, tmp_path):
-    """``train.compile=true`` (inductor, C++ on the CPU; ~40 s to compile): on one batch, the compiled
+    """``train.compile=true`` (inductor, C++ on the CPU; about a minute to compile): on one batch, the compiled
     TAda2D gives eager mode's logits and gradients; then it trains (fused kernels round differently, so
     whole loss curves drift apart after a few AdamW steps and are not compared), and its checkpoints
     load into an eager model."""

@@ -91,8 +91,7 @@ DEFAULT_CLASSES: Tuple[str, ...] = SYNTH_CLASSES[:10]
 _FORWARD = {rev: fwd for fwd, rev in REVERSAL_PAIRS}
 _FORWARD.update({fwd: fwd for fwd, _ in REVERSAL_PAIRS})
 _MOTION = {"moving_right": "translate_x", "moving_down": "translate_y", "growing": "scale",
-           "rotating_clockwise": "rotate", "fading_in": "fade",
-           "widening": "stretch"}
+           "fading_in": "fade", "widening": "stretch", "rotating_clockwise": "rotate"}
 
 #: Background texture contrast (0: flat, 1: two unrelated colours) and the least RGB distance of the
 #: object colour from both background colours: objects stand out, so that a small network trained
@@ -211,7 +210,8 @@ def draw_params(class_name: str, rng: np.random.Generator, *, frames: int, size:
     return ClipParams(
         motion=motion, frames=T, size=size, shape=shape, color=tuple(color), background=background,
         bg_colors=(tuple(bg_a), tuple(bg_b)), bg_params=bg_params, center=center, radius=radius,
-        angle=angle, alpha=alpha, aspect=aspect, noise_std=float(rng.uniform(1.0, 3.0)), noise_seed=int(rng.integers(2**31)),
+        angle=angle, alpha=alpha, aspect=aspect, noise_std=float(rng.uniform(1.0, 3.0)),
+        noise_seed=int(rng.integers(2**31)),
     )
 
 
@@ -333,7 +333,8 @@ def write_video(path: Union[str, Path], frames: np.ndarray, *, fps: int = 30, cr
 
 
 def resolve_classes(classes: Union[None, int, str, Sequence[Union[str, int]]]) -> List[str]:
-    """``None`` -> the default set (:data:`DEFAULT_CLASSES`, 10); an int N -> the first N in canonical (pair-by-pair) order; names -> those."""
+    """``None`` -> the default set (:data:`DEFAULT_CLASSES`, 10); an int N -> the first N in canonical
+    (pair-by-pair) order; names -> those."""
     if classes is None:
         return list(DEFAULT_CLASSES)
     if isinstance(classes, str):
@@ -391,13 +392,13 @@ def make_synthetic_dataset(
     (out / "videos").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     lists: Dict[str, List[str]] = {"train": [], "val": [], "test": []}
-    jobs = [(label, name, i) for label, name in enumerate(names) for i in range(per_class)]
+    jobs = [(name, i) for name in names for i in range(per_class)]
     iterator = jobs
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(jobs, desc="tada synth", unit="video")
-    for _label, name, i in iterator:
+    for name, i in iterator:
         rel = Path("videos") / name / f"{name}_{i:04d}.mp4"
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         # Seeded by (seed, canonical class id, i): independent of the other classes and of per_class.
