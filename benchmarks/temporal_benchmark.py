@@ -18,7 +18,7 @@ of frames, so on its own it cannot see the order either: expect it near 50 % wit
     python benchmarks/temporal_benchmark.py [--seeds 0 1 2] [--quick] [--out runs/temporal_benchmark]
         [--json results/temporal_benchmark.json] [--plot results/temporal_benchmark.png]
 
-A full run is about 3 x (demo + 2 trainings) = 30 minutes on 2 cores; ``--quick`` (a few videos, one
+A full run is 3 x (demo + 2 trainings), 45 minutes on 2 cores (AMD EPYC); ``--quick`` (a few videos, one
 epoch) checks the plumbing in a minute.
 """
 from __future__ import annotations
