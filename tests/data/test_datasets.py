@@ -305,6 +305,112 @@ def test_detect_format_and_load(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
+# unusable lists fail when they are read, saying which file and what is wrong
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n", b"# videos go here\n\n"])
+@pytest.mark.parametrize("fmt", [None, "kinetics", "csv"])
+def test_empty_list(tmp_path, content, fmt):
+    f = tmp_path / "train.txt"
+    f.write_bytes(content)
+    with pytest.raises(ValueError, match=r"train\.txt: (the annotation list is empty|no samples in this)"):
+        load_annotations(f, fmt)
+
+
+def test_empty_csv_with_only_a_header(tmp_path):
+    (tmp_path / "k.csv").write_text("label,youtube_id,time_start,time_end,split\n")
+    with pytest.raises(ValueError, match=r"k\.csv: no samples in this kinetics_csv annotation list"):
+        load_annotations(tmp_path / "k.csv")
+
+
+@pytest.mark.parametrize("fmt", [None, "kinetics"])
+def test_list_that_is_not_utf8_names_line_and_offset(tmp_path, fmt):
+    f = tmp_path / "train.txt"
+    f.write_bytes("a.mp4 0\ncafé/b.mp4 1\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"train\.txt:2: byte b'\\xe9' at offset 11 is not UTF-8.*iconv"):
+        load_annotations(f, fmt)
+    f.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(range(256)))  # an mp4 passed as the list
+    with pytest.raises(ValueError, match=r"train\.txt:1: byte b'\\x00' at offset 0: a binary"):
+        load_annotations(f, fmt)
+
+
+def test_non_utf8_in_every_reader(tmp_path):
+    latin = "clips/é.mp4,0\n".encode("latin-1")
+    (tmp_path / "list.csv").write_bytes(latin)
+    with pytest.raises(ValueError, match=r"list\.csv:1: .*not UTF-8"):
+        parse_csv(tmp_path / "list.csv")
+    (tmp_path / "EPIC_100_train.csv").write_bytes(EPIC_HEADER.encode() + latin)
+    with pytest.raises(ValueError, match=r"EPIC_100_train\.csv:2: .*not UTF-8"):
+        parse_epic_kitchens(tmp_path / "EPIC_100_train.csv")
+    f = _write_ssv2(tmp_path)
+    f.write_bytes(b'[{"id": "1", "template": "Caf\xe9"}]')
+    with pytest.raises(ValueError, match=r"train\.json:1: .*not UTF-8"):
+        parse_ssv2(f)
+    (tmp_path / "classes.txt").write_bytes(b"walk\nd\xe9j\xe0 vu\n")
+    (tmp_path / "k.txt").write_text("a.mp4 0\n")
+    with pytest.raises(ValueError, match=r"classes\.txt:2: .*not UTF-8"):
+        parse_kinetics_list(tmp_path / "k.txt", class_names=tmp_path / "classes.txt")
+
+
+def test_byte_order_mark_is_not_part_of_the_first_path(tmp_path):
+    f = tmp_path / "list.csv"
+    f.write_text("path,label\nclips/a.mp4,1\nclips/b.mp4,0\n", encoding="utf-8-sig")
+    assert pairs(parse_csv(f)[0]) == [("clips/a.mp4", 1), ("clips/b.mp4", 0)]
+
+
+def test_missing_list(tmp_path):
+    for fmt in (None, "kinetics", "ssv2", "epic"):
+        with pytest.raises(FileNotFoundError, match=r"nope\.txt: no such annotation"):
+            load_annotations(tmp_path / "nope.txt", fmt)
+    with pytest.raises(FileNotFoundError, match=r"nope\.txt"):
+        detect_format(tmp_path / "nope.txt")
+
+
+def test_label_outside_the_class_names(tmp_path):
+    f = tmp_path / "train.txt"
+    f.write_text("a.mp4 0\nb.mp4 2\nc.mp4 99\nd.mp4 1\n")  # 99: a typo among 3 classes
+    (tmp_path / "classes.txt").write_text("run\nwalk\njump\n")  # beside the list: used
+    for fmt in (None, "kinetics"):
+        with pytest.raises(ValueError, match=r"train\.txt:3: label 99 is out of range: .*classes\.txt has 3 class "
+                                             r"names \(ids 0\.\.2\)"):
+            load_annotations(f, fmt)
+    with pytest.raises(ValueError, match=r"train\.txt:3: label 99 is out of range: class_names has 4"):
+        parse_kinetics_list(f, class_names=["a", "b", "c", "d"])
+    g = tmp_path / "list.csv"
+    g.write_text("path,label\na.mp4,0\nb.mp4,3\n")
+    with pytest.raises(ValueError, match=r"list\.csv:3: label 3 is out of range: .*classes\.txt has 3"):
+        parse_csv(g)
+    g.write_text("a.mp4,walk\nb.mp4,jump\n")  # names map by classes.txt order, not sorted
+    assert [s.label for s in parse_csv(g)[0]] == [1, 2] and parse_csv(g)[1] == ["run", "walk", "jump"]
+    (tmp_path / "classes.txt").write_text("abseiling\nzumba\n")
+    (tmp_path / "k.csv").write_text(KINETICS_CSV)
+    with pytest.raises(ValueError, match=r"k\.csv:2: class 'air drumming' is not among the 2 class names of "
+                                         r".*classes\.txt"):
+        parse_kinetics_csv(tmp_path / "k.csv")
+
+
+def test_negative_labels_are_errors_without_class_names(tmp_path):
+    g = tmp_path / "list.csv"
+    g.write_text("a.mp4,0\nb.mp4,-1\nc.mp4,1\n")
+    with pytest.raises(ValueError, match=r"list\.csv:2: .*expected a label >= 0.*'-1'"):
+        parse_csv(g)
+    f = tmp_path / "EPIC_100_train.csv"
+    f.write_text(EPIC_HEADER + EPIC_ROWS.replace(",open,3,door,8,", ",open,-3,door,8,"))
+    with pytest.raises(ValueError, match=r"EPIC_100_train\.csv:2: .*verb_class and noun_class >= 0"):
+        parse_epic_kitchens(f)
+
+
+def test_sparse_inferred_labels_are_logged(tmp_path, caplog):
+    f = tmp_path / "train.txt"
+    with caplog.at_level(logging.WARNING, logger="tada.data.datasets"):
+        f.write_text("a.mp4 0\nb.mp4 2\nc.mp4 1\n")
+        assert len(parse_kinetics_list(f)[1]) == 3 and not caplog.records
+        f.write_text("a.mp4 0\nb.mp4 2\nc.mp4 99\nd.mp4 1\n")
+        assert len(parse_kinetics_list(f)[1]) == 100  # still inferred, but said
+    assert "labels run up to 99 but only 4 of the 100 ids occur" in caplog.text and "typo" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------------
 # the dataset: bad files never end a run
 
 

@@ -73,3 +73,19 @@ def test_epic_clips_past_the_end_are_reported(tmp_path, h):
     assert report["format"] == "epic" and report["num_samples"] == 2 and report["num_videos"] == 1
     assert report["num_classes"] == [4, 2] and report["classes_seen"] == 2
     assert report["num_bad"] == 1 and "after the end" in report["bad"][0]["reason"]
+
+
+def test_cli_rejects_unusable_lists_naming_file_and_line(tmp_path, capsys):
+    """A label outside classes.txt, an empty list, a Latin-1 list: exit code 2 and one line that says
+    where, before any video is opened."""
+    (tmp_path / "classes.txt").write_text("run\nwalk\njump\n")
+    (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 2\nc.mp4 99\n")
+    (tmp_path / "empty.txt").write_text("# nothing yet\n\n")
+    (tmp_path / "latin.txt").write_bytes("a.mp4 0\ncafé.mp4 1\n".encode("latin-1"))
+    for name, says in (("train.txt:3", "label 99 is out of range"), ("empty.txt", "empty"),
+                       ("latin.txt:2", "not UTF-8")):
+        assert main(["data", "inspect", str(tmp_path / name.split(":")[0]), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"{name}: " in err and says in err and "Traceback" not in err
+    with pytest.raises(ValueError, match=r"train\.txt:3: label 99"):
+        inspect_dataset(tmp_path / "train.txt", progress=False)

@@ -30,6 +30,7 @@ back as a zero clip with ``valid=False`` so batches still collate and the evalua
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -97,13 +98,33 @@ def _malformed(file: PathLike, lineno: int, expected: str, got: Any) -> ValueErr
     return ValueError(f"{file}:{lineno}: malformed line, expected {expected}; got {got!r}")
 
 
+def _read_text(file: PathLike) -> str:
+    """The text of an annotation file: missing, binary or not-UTF-8 files are errors that say so."""
+    try:
+        data = Path(file).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{file}: no such annotation file") from None
+
+    def where(pos: int) -> str:
+        line = data.count(b"\n", 0, pos) + 1
+        return f"{file}:{line}: byte {data[pos:pos + 1]!r} at offset {pos}"
+
+    if b"\0" in data:
+        raise ValueError(f"{where(data.index(0))}: a binary (or UTF-16) file, not a UTF-8 annotation list")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where(e.start)} is not UTF-8; annotation files must be UTF-8 -- convert it "
+                         "(e.g. iconv -f latin1 -t utf-8)") from None
+    return text.removeprefix("\ufeff")  # a byte-order mark, as spreadsheet programs write
+
+
 def _read_lines(file: PathLike):
     """(line number from 1, stripped line) for every non-empty, non-comment line."""
-    with open(file, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if line and not line.startswith("#"):
-                yield n, line
+    for n, line in enumerate(io.StringIO(_read_text(file), newline=None), 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            yield n, line
 
 
 def _read_class_names(names: Union[None, PathLike, Sequence[str]]) -> Optional[List[str]]:
@@ -112,6 +133,32 @@ def _read_class_names(names: Union[None, PathLike, Sequence[str]]) -> Optional[L
     if isinstance(names, (str, os.PathLike)):
         return [line for _, line in _read_lines(names)]
     return [str(n) for n in names]
+
+
+def _known_class_names(file: PathLike, names: Union[None, PathLike, Sequence[str]]
+                       ) -> Tuple[Optional[List[str]], str]:
+    """The class names given, else those of a ``classes.txt`` beside ``file``, else None; and where
+    they come from (for error messages)."""
+    if names is not None:
+        return _read_class_names(names), str(names) if isinstance(names, (str, os.PathLike)) else "class_names"
+    sibling = Path(file).parent / "classes.txt"
+    return (_read_class_names(sibling), str(sibling)) if sibling.is_file() else (None, "")
+
+
+def _label_out_of_range(file: PathLike, lineno: int, label: int, names: List[str], source: str) -> ValueError:
+    return ValueError(f"{file}:{lineno}: label {label} is out of range: {source} has {len(names)} class names "
+                      f"(ids 0..{len(names) - 1}); fix the label or the class list")
+
+
+def _inferred_names(file: PathLike, labels: Sequence[int]) -> List[str]:
+    """``"0" .. str(max label)`` when no class names are known; sparse ids (more than half of
+    0..max never used) are logged, as they usually mean a typo in a label."""
+    top, used = max(labels, default=-1), len(set(labels))
+    if top + 1 > 2 * used:
+        log.warning("%s: labels run up to %d but only %d of the %d ids occur, so the model gets %d classes; "
+                    "a typo in a label? Give the class names (data.class_names, or a classes.txt beside the "
+                    "list) to check them", file, top, used, top + 1, top + 1)
+    return [str(i) for i in range(top + 1)]
 
 
 def _parse_int(text: str) -> Optional[int]:
@@ -130,28 +177,19 @@ def parse_kinetics_list(file: PathLike, *, class_names: Union[None, PathLike, Se
     """``path label`` per line (label an integer id; the path may contain spaces).
 
     Class names come from ``class_names`` (a list or a file with one name per line), else from a
-    ``classes.txt`` next to the list when it has enough lines, else they are ``"0", "1", ...`` up to
-    the largest label seen (so a K400 list gives 400 classes, K710 gives 710)."""
+    ``classes.txt`` next to the list; a label outside them is an error. Without either they are
+    ``"0", "1", ...`` up to the largest label seen (so a K400 list gives 400 classes, K710 gives 710)."""
+    names, source = _known_class_names(file, class_names)
     samples: List[Sample] = []
     for n, line in _read_lines(file):
         parts = line.rsplit(None, 1)
         label = _parse_int(parts[-1]) if len(parts) == 2 else None
         if label is None or label < 0:
             raise _malformed(file, n, "'<relative/path.mp4> <integer label >= 0>'", line)
+        if names is not None and label >= len(names):
+            raise _label_out_of_range(file, n, label, names, source)
         samples.append(Sample(parts[0], label))
-    names = _read_class_names(class_names)
-    max_label = max((s.label for s in samples), default=-1)
-    if names is None:
-        sibling = Path(file).parent / "classes.txt"
-        if sibling.is_file():
-            candidate = _read_class_names(sibling)
-            if len(candidate) > max_label:
-                names = candidate
-    if names is None:
-        names = [str(i) for i in range(max_label + 1)]
-    elif max_label >= len(names):
-        raise ValueError(f"{file}: label {max_label} is out of range for {len(names)} class names")
-    return samples, names
+    return samples, names if names is not None else _inferred_names(file, [s.label for s in samples])
 
 
 def _detect_layout(root: Optional[PathLike], candidates: List[List[str]]) -> int:
@@ -176,14 +214,15 @@ def parse_kinetics_csv(file: PathLike, *, root: Optional[PathLike] = None,
     Files are ``{youtube_id}_{start:06d}_{end:06d}.mp4``, either directly under ``root`` or in class
     folders ``root/{label}/`` (spaces kept, or replaced by underscores) -- detected from the files under
     ``root`` (default: the CSV's folder). Class ids are the sorted class names (of ``class_names``
-    when given, so train and val CSVs share one mapping)."""
+    when given, else of a ``classes.txt`` beside the CSV, so train and val CSVs share one mapping)."""
     root = Path(file).parent if root is None else root
+    names, source = _known_class_names(file, class_names)
     rows = []
-    with open(file, encoding="utf-8", newline="") as f:
+    with io.StringIO(_read_text(file), newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
-            return [], _read_class_names(class_names) or []
+            return [], names or []
         cols = [h.strip() for h in header]
         need = ("label", "youtube_id", "time_start", "time_end")
         if not all(c in cols for c in need):
@@ -202,19 +241,18 @@ def parse_kinetics_csv(file: PathLike, *, root: Optional[PathLike] = None,
                                  ",".join(row)) from None
             if not vid:
                 raise _malformed(file, n, "a non-empty youtube_id", ",".join(row))
-            rows.append((label, vid, start, end, split))
-    names = _read_class_names(class_names)
-    names = sorted(names) if names is not None else sorted({r[0] for r in rows if r[0]})
+            rows.append((n, label, vid, start, end, split))
+    names = sorted(names) if names is not None else sorted({r[1] for r in rows if r[1]})
     index = {name: i for i, name in enumerate(names)}
     candidates = []
-    for label, vid, start, end, _ in rows:
+    for _, label, vid, start, end, _ in rows:
         fname = f"{vid}_{start:06d}_{end:06d}{ext}"
         candidates.append([fname, f"{label}/{fname}", f"{label.replace(' ', '_')}/{fname}"])
     layout = _detect_layout(root, candidates)
     samples = []
-    for (label, vid, start, end, split), cand in zip(rows, candidates):
+    for (n, label, vid, start, end, split), cand in zip(rows, candidates):
         if label and label not in index:
-            raise ValueError(f"{file}: class {label!r} is not among the {len(names)} given class names")
+            raise ValueError(f"{file}:{n}: class {label!r} is not among the {len(names)} class names of {source}")
         samples.append(Sample(cand[layout], index[label] if label else -1,
                               meta={"youtube_id": vid, "time_start": start, "time_end": end, "split": split}))
     return samples, names
@@ -232,8 +270,9 @@ def parse_ssv2(file: PathLike, labels: Optional[PathLike] = None, *, ext: str = 
     how labels.json spells templates). Videos are ``{id}.webm``. Entries without a template (the
     unlabelled test set) get label -1."""
     labels = Path(file).parent / "labels.json" if labels is None else Path(labels)
+    text = _read_text(labels)
     try:
-        table = json.loads(Path(labels).read_text(encoding="utf-8"))
+        table = json.loads(text)
         template_to_id = {str(k): int(v) for k, v in table.items()}
     except (json.JSONDecodeError, ValueError, AttributeError) as e:
         raise ValueError(f"{labels}: expected a JSON object mapping templates to integer ids ({e})") from None
@@ -241,7 +280,7 @@ def parse_ssv2(file: PathLike, labels: Optional[PathLike] = None, *, ext: str = 
     for template, i in template_to_id.items():
         names[i] = template
     try:
-        entries = json.loads(Path(file).read_text(encoding="utf-8"))
+        entries = json.loads(_read_text(file))
     except json.JSONDecodeError as e:
         raise ValueError(f"{file}:{e.lineno}: invalid JSON ({e.msg})") from None
     if not isinstance(entries, list):
@@ -306,7 +345,7 @@ def parse_epic_kitchens(file: PathLike, *, root: Optional[PathLike] = None, ext:
     ``videos/{video_id}.MP4`` (detected under ``root``). Returns ``(samples, (verb_names,
     noun_names))``. A file without verb/noun columns (the test timestamps) gives label ``(-1, -1)``."""
     rows = []
-    with open(file, encoding="utf-8", newline="") as f:
+    with io.StringIO(_read_text(file), newline="") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         need = ("participant_id", "video_id", "start_timestamp", "stop_timestamp")
@@ -330,6 +369,8 @@ def parse_epic_kitchens(file: PathLike, *, root: Optional[PathLike] = None, ext:
                                  ",".join(row)) from None
             if stop < start:
                 raise _malformed(file, n, "stop_timestamp >= start_timestamp", ",".join(row))
+            if labelled and min(label) < 0:
+                raise _malformed(file, n, "verb_class and noun_class >= 0", ",".join(row))
             rows.append((row, pos, start, stop, label, sf, ef))
     root = Path(file).parent if root is None else root
     candidates = []
@@ -433,9 +474,11 @@ def parse_hmdb51(path: PathLike, *, split: Optional[int] = None, subset: str = "
 def parse_csv(file: PathLike, *, class_names: Union[None, PathLike, Sequence[str]] = None
               ) -> Tuple[List[Sample], List[str]]:
     """``path,label`` rows (an optional ``path,label`` header). Labels are either all integers or
-    all class names; names map to ids by ``class_names`` when given, else by sorted order."""
+    all class names; names map to ids by ``class_names`` (or a ``classes.txt`` beside the CSV) when
+    given, else by sorted order. An integer label outside the known class names, or negative, is an error."""
+    names, source = _known_class_names(file, class_names)
     rows = []
-    with open(file, encoding="utf-8", newline="") as f:
+    with io.StringIO(_read_text(file), newline="") as f:
         for n, row in enumerate(csv.reader(f), 1):
             if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
                 continue
@@ -444,16 +487,15 @@ def parse_csv(file: PathLike, *, class_names: Union[None, PathLike, Sequence[str
             if len(row) != 2 or not row[0].strip() or not row[1].strip():
                 raise _malformed(file, n, "'<path>,<label>' (label an integer id or a class name)", ",".join(row))
             rows.append((n, row[0].strip(), row[1].strip()))
-    names = _read_class_names(class_names)
     numeric = all(_parse_int(lab) is not None for _, _, lab in rows)
     if numeric and rows:
+        for n, _, lab in rows:
+            if int(lab) < 0:
+                raise _malformed(file, n, "a label >= 0 (an integer id or a class name)", lab)
+            if names is not None and int(lab) >= len(names):
+                raise _label_out_of_range(file, n, int(lab), names, source)
         samples = [Sample(p, int(lab)) for _, p, lab in rows]
-        max_label = max(s.label for s in samples)
-        if names is None:
-            names = [str(i) for i in range(max_label + 1)]
-        elif max_label >= len(names) or min(s.label for s in samples) < 0:
-            raise ValueError(f"{file}: labels must lie in 0..{len(names) - 1} for the {len(names)} class names")
-        return samples, names
+        return samples, names if names is not None else _inferred_names(file, [s.label for s in samples])
     names = sorted({lab for _, _, lab in rows}) if names is None else names
     index = {name: i for i, name in enumerate(names)}
     samples = []
@@ -499,18 +541,17 @@ FORMATS: Dict[str, Callable[..., Tuple[List[Sample], Any]]] = {
 
 
 def _first_line(file: Path) -> str:
-    try:
-        for _, line in _read_lines(file):
-            return line
-    except (UnicodeDecodeError, OSError):
-        return ""
-    return ""
+    for _, line in _read_lines(file):  # a missing, binary or non-UTF-8 file raises here, saying so
+        return line
+    raise ValueError(f"{file}: the annotation list is empty (no line that is not blank or a # comment)")
 
 
 def detect_format(path: PathLike) -> str:
     """Guess the annotation format of ``path`` from its name, extension and first line."""
     path = Path(path)
     name = path.name.lower()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such annotation list or folder")
     if path.is_dir():
         entries = list(path.iterdir())
         if any(_HMDB_SPLIT.match(e.name) for e in entries):
@@ -548,12 +589,18 @@ def load_annotations(path: PathLike, format: Optional[str] = None, *, root: Opti
                      **kwargs) -> Tuple[List[Sample], Any]:
     """Parse ``path`` with the parser of ``format`` (detected when None). ``root`` is passed to the
     parsers that look at the video files to detect a layout; ``kwargs`` go to the parser."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such annotation list or folder")
     fmt = detect_format(path) if format is None else format
     if fmt not in FORMATS:
         raise ValueError(f"unknown annotation format {fmt!r}; choose one of {sorted(FORMATS)}")
     if fmt in ("kinetics_csv", "epic") and root is not None:
         kwargs.setdefault("root", root)
-    return FORMATS[fmt](path, **kwargs)
+    samples, names = FORMATS[fmt](path, **kwargs)
+    if not samples:
+        raise ValueError(f"{path}: no samples in this {fmt} annotation list (is the file empty, or only "
+                         "blank lines, comments or a header?)")
+    return samples, names
 
 
 # --------------------------------------------------------------------------------------------------

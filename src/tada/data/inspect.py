@@ -3,7 +3,10 @@
 ``inspect_dataset`` opens every video the annotation list names (probe, then decode the first,
 middle and last frame), and returns a report: counts, classes and per-class counts, duration / fps /
 resolution statistics, and every unreadable or missing file with its reason. ``tada data inspect``
-prints it (or ``--json``) and exits with 1 when any file is bad, so it can gate a training job.
+prints it (or ``--json``) and exits with 1 when any file is bad, so it can gate a training job, and
+with 2 when the list itself cannot be used: missing, empty, not UTF-8, a malformed line, or a label
+outside the class names (given, or a ``classes.txt`` beside the list) -- the message names the file
+and line.
 """
 from __future__ import annotations
 

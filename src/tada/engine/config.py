@@ -4,6 +4,9 @@ Every value is checked against its field's type when the config is built (``int`
 ``bool``, ``str``, ``Optional[...]``, ``Literal[...]``, tuples, lists, dicts and nested config
 dataclasses); an unknown key is an error that names the closest valid key. A YAML file may start from
 other files with ``_base_: [relative.yaml, ...]`` (merged in order, then the file's own values).
+Value ranges and combinations (``train.eval_every >= 1``, ``optim.min_lr <= optim.lr``, ...) are
+checked by :func:`validate` whenever a whole :class:`Config` is built, so a bad value fails at load
+time naming its key; :func:`load_config` also checks that the device and the output folder are usable.
 
     cfg = load_config("configs/synth/tada2d_mini.yaml", ["optim.lr=0.05", "data.frames=8"])
 """
@@ -29,6 +32,7 @@ __all__ = [
     "load_config",
     "from_dict",
     "to_dict",
+    "validate",
     "apply_overrides",
 ]
 
@@ -49,12 +53,13 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    format: str = "kinetics"  # kinetics | kinetics_csv | ssv2 | ssv1 | epic | ucf101 | hmdb51 | csv | folder
+    format: Literal["kinetics", "kinetics_csv", "ssv2", "ssv1", "epic", "ucf101", "hmdb51", "csv",
+                    "folder"] = "kinetics"
     root: str = ""
     train_list: Optional[str] = None
     val_list: Optional[str] = None
     test_list: Optional[str] = None
-    class_names: Optional[str] = None
+    class_names: Optional[str] = None  # kinetics / kinetics_csv / csv (default: a classes.txt beside the list)
     frames: int = 8
     sampling: Literal["interval", "segment"] = "interval"
     rate: int = 8
@@ -114,9 +119,12 @@ class TrainConfig:
     eval_every: int = 1  # epochs
     save_every: int = 0  # epochs; 0: only last and best
     log_every: int = 10  # iterations
-    device: str = "auto"
-    resume: bool = True  # continue from output_dir/last.pt when it exists
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when there is one
+    # true: continue from output_dir/last.pt when it exists (refused if the saved config differs);
+    # false (or `tada train --overwrite`): start over, replacing what the folder holds
+    resume: bool = True
     stop_after_steps: Optional[int] = None  # save last.pt and stop after this many steps (like a kill)
+    dist_timeout: float = 1800.0  # seconds a collective waits for the other ranks before the run stops
 
 
 @dataclasses.dataclass
@@ -211,14 +219,18 @@ def _unknown_key(cls, key: str, where: str) -> ConfigError:
 
 
 def from_dict(cls, data: Dict[str, Any], where: str = ""):
-    """Build dataclass ``cls`` from a (nested) mapping, checking every key and value."""
+    """Build dataclass ``cls`` from a (nested) mapping, checking every key and value (and, for a
+    whole :class:`Config`, the value ranges: :func:`validate`)."""
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in (data or {}).items():
         if key not in hints or key.startswith("_"):
             raise _unknown_key(cls, key, where)
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
-    return cls(**kwargs)
+    cfg = cls(**kwargs)
+    if cls is Config:
+        validate(cfg)
+    return cfg
 
 
 def to_dict(cfg) -> Dict[str, Any]:
@@ -233,6 +245,85 @@ def to_dict(cfg) -> Dict[str, Any]:
         return v
 
     return plain(cfg)
+
+
+# -- value ranges ---------------------------------------------------------------------------------
+
+def _at_least(lo):
+    return (lambda v: v >= lo), f">= {lo}"
+
+
+def _above(lo):
+    return (lambda v: v > lo), f"> {lo}"
+
+
+_FRACTION = (lambda v: 0 <= v < 1), "in [0, 1)"
+_PROBABILITY = (lambda v: 0 <= v <= 1), "in [0, 1]"
+
+# dotted key -> (test, what the value must be); None (an option that is off) is never tested
+_RULES = {
+    "model.num_classes": _at_least(1), "model.drop_path_rate": _FRACTION, "model.drop_rate": _FRACTION,
+    "data.frames": _at_least(1), "data.rate": _at_least(1), "data.target_fps": _above(0),
+    "data.crop_size": _at_least(1), "data.test_short_side": _at_least(1), "data.test_crop_size": _at_least(1),
+    "data.test_clips": _at_least(1), "data.test_crops": _at_least(1), "data.batch_size": _at_least(1),
+    "data.num_workers": _at_least(0), "data.max_retries": _at_least(0),
+    "data.train_scale": ((lambda v: 0 < v[0] <= v[1]), "two area fractions 0 < min <= max"),
+    "data.short_side_range": ((lambda v: 1 <= v[0] <= v[1]), "two sizes 1 <= min <= max"),
+    "data.grayscale_p": _PROBABILITY, "data.random_erasing_p": _PROBABILITY,
+    "optim.lr": _at_least(0), "optim.base_batch_size": _at_least(1), "optim.weight_decay": _at_least(0),
+    "optim.momentum": _FRACTION, "optim.betas": ((lambda v: all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"),
+    "optim.epochs": _at_least(1), "optim.warmup_epochs": _at_least(0), "optim.warmup_start_lr": _at_least(0),
+    "optim.min_lr": _at_least(0), "optim.layer_decay": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+    "optim.new_param_lr_mult": _above(0), "optim.clip_grad": _above(0), "optim.accum_steps": _at_least(1),
+    "train.label_smoothing": _FRACTION, "train.mixup_alpha": _at_least(0), "train.cutmix_alpha": _at_least(0),
+    "train.ema_decay": ((lambda v: 0 < v < 1), "in (0, 1)"), "train.eval_every": _at_least(1),
+    "train.save_every": _at_least(0), "train.log_every": _at_least(1), "train.stop_after_steps": _at_least(1),
+    "train.dist_timeout": _above(0),
+}
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _yaml_value(v) -> str:
+    return "null" if v is None else f"[{', '.join(map(str, v))}]" if isinstance(v, (list, tuple)) else str(v)
+
+
+def validate(cfg: Config) -> Config:
+    """Check the value ranges and combinations that the type alone cannot (``train.eval_every >= 1``,
+    ``optim.min_lr <= optim.lr``, ...): a bad value is a :class:`ConfigError` when the config is
+    loaded, naming the key, instead of a ZeroDivisionError in the trainer."""
+    defaults = Config()
+    for key, (ok, rule) in _RULES.items():
+        value = _get(cfg, key)
+        if value is not None and not ok(value):
+            raise ConfigError(f"{key}={_yaml_value(value)}: must be {rule}; change it in the config or override "
+                              f"it (the default is {key}={_yaml_value(_get(defaults, key))})")
+    o = cfg.optim
+    if o.min_lr > o.lr:
+        raise ConfigError(f"optim.min_lr={o.min_lr} is above optim.lr={o.lr}: the schedule decays from lr down to "
+                          "min_lr; set optim.min_lr <= optim.lr (e.g. optim.min_lr=0)")
+    if not cfg.train.output_dir.strip():
+        raise ConfigError("train.output_dir is empty; set it to the folder for checkpoints and logs")
+    return cfg
+
+
+def _check_machine(cfg: Config) -> None:
+    """What depends on this machine, checked when a config is loaded to run (not when a checkpoint's
+    config is read back elsewhere): the device exists, the output folder can be a folder."""
+    import torch
+
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but torch sees no CUDA device on this machine; use train.device=cpu "
+                          "or train.device=auto (the GPU when there is one)")
+    out = Path(cfg.train.output_dir)
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"train.output_dir={cfg.train.output_dir}: {existing} is a file, not a folder; "
+                          "choose another train.output_dir")
 
 
 # -- files and overrides --------------------------------------------------------------------------
@@ -255,14 +346,20 @@ def _read_yaml(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"config {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level, got {type(data).__name__}")
-    bases = data.pop("_base_", [])
-    bases = [bases] if isinstance(bases, str) else bases
+    bases = data.pop("_base_", None)
+    bases = [] if bases is None else [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"config {path}: _base_ must be a file name or a list of file names (relative to "
+                          f"{path.parent}), got {bases!r}")
     merged: Dict[str, Any] = {}
     for b in bases:
+        if not (path.parent / b).is_file():
+            raise ConfigError(f"config {path}: its _base_ {b!r} was not found (looked for "
+                              f"{(path.parent / b).resolve()}; _base_ paths are relative to the including file)")
         merged = _merge(merged, _read_yaml(path.parent / b, seen + (path,)))
     return _merge(merged, data)
 
@@ -304,6 +401,9 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
 
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML recipe (or start from defaults when ``path`` is None), apply overrides, type-check."""
+    """Read a YAML recipe (or start from defaults when ``path`` is None), apply overrides, type-check
+    and :func:`validate`; also check that the device and the output folder can be used here."""
     data = _read_yaml(Path(path)) if path is not None else {}
-    return from_dict(Config, apply_overrides(data, overrides))
+    cfg = from_dict(Config, apply_overrides(data, overrides))
+    _check_machine(cfg)
+    return cfg
