@@ -127,21 +127,26 @@ def _setup_logging():
 
 def _train(args: argparse.Namespace) -> int:
     from tada.engine.config import load_config
+    from tada.engine.distributed import cleanup
     from tada.engine.trainer import Trainer, TrainingStopped
 
     _setup_logging()
-    cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg, progress=not args.no_progress)
+    cfg = load_config(args.config, list(args.overrides) + (["train.resume=false"] if args.overwrite else []))
     try:
-        out = trainer.fit()
-    except TrainingStopped as e:
-        print(str(e))
+        trainer = Trainer(cfg, progress=not args.no_progress)
+        try:
+            out = trainer.fit()
+        except TrainingStopped as e:
+            print(str(e))
+            return 130 if e.signal == "SIGINT" else 0
+        unreadable = f"; {out['unreadable']} unreadable training videos were replaced" if out["unreadable"] else ""
+        print(f"trained {out['steps']} steps in {out['time']:.0f} s; best val top-1 {out['best_top1']:.2f}; "
+              f"checkpoints in {out['output_dir']}{unreadable}")
+        if cfg.data.test_list:
+            return _evaluate(trainer, cfg)
         return 0
-    print(f"trained {out['steps']} steps in {out['time']:.0f} s; best val top-1 {out['best_top1']:.2f}; "
-          f"checkpoints in {out['output_dir']}")
-    if cfg.data.test_list:
-        return _evaluate(trainer, cfg)
-    return 0
+    finally:
+        cleanup()
 
 
 def _evaluate(trainer, cfg) -> int:
@@ -216,11 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train (and test) a model from a YAML recipe",
                            description="Train from a YAML recipe with key.sub=value overrides, e.g. "
-                           "`tada train configs/synth/tada2d_mini.yaml optim.lr=0.05`. Resumes from "
-                           "train.output_dir/last.pt when it exists. Multi-GPU / multi-node: torchrun.")
+                           "`tada train configs/synth/tada2d_mini.yaml optim.lr=0.05`. Running the same command "
+                           "again continues from train.output_dir/last.pt (refused, naming the keys, when its saved "
+                           "config differs); --overwrite (= train.resume=false) starts over instead. SIGTERM or "
+                           "Ctrl-C saves last.pt after the current step and stops. Multi-GPU / multi-node: torchrun.")
     train.add_argument("config")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start over in a used train.output_dir, replacing its last.pt and logs (= train.resume=false)")
     train.set_defaults(func=_train)
 
     test = sub.add_parser("test", help="multi-view evaluation of a checkpoint on data.test_list")
@@ -296,13 +305,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    from tada.engine.distributed import DistributedError
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, no traceback
+    except (ValueError, OSError, FloatingPointError, DistributedError, KeyboardInterrupt) as e:
+        # expected failures (bad input, full disk, NaN loss, a lost rank, Ctrl-C twice): one line, no traceback
         if os.environ.get("TADA_DEBUG"):
             raise
-        print(f"tada {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        msg = "interrupted" if isinstance(e, KeyboardInterrupt) else " ".join(str(e).split())
+        print(f"tada {args.command}: error: {msg}" + ("" if isinstance(e, KeyboardInterrupt) else
+                                                       " (TADA_DEBUG=1 shows the traceback)"), file=sys.stderr)
+        return 130 if isinstance(e, KeyboardInterrupt) else (3 if isinstance(e, FloatingPointError) else 2)
 
 
 if __name__ == "__main__":

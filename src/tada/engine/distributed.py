@@ -1,13 +1,26 @@
-"""torch.distributed set-up from the environment ``torchrun`` provides (NCCL on GPU, gloo on CPU)."""
+"""torch.distributed set-up from the environment ``torchrun`` provides (NCCL on GPU, gloo on CPU).
+
+Every collective the engine makes goes through :func:`collective`, which turns a peer that died or
+stopped answering (``train.dist_timeout`` seconds, passed to ``init_process_group``) into a
+:class:`DistributedError` that names this rank, what it was doing and what to do, instead of a hang or
+a backend traceback. :func:`any_rank` is the collective stop flag: one rank's signal stops all.
+"""
 from __future__ import annotations
 
+import datetime
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "is_distributed", "barrier", "cleanup", "all_reduce_mean"]
+__all__ = ["DistInfo", "DistributedError", "init_distributed", "is_distributed", "barrier", "cleanup",
+           "all_reduce_mean", "all_reduce_sum", "any_rank", "collective"]
+
+
+class DistributedError(RuntimeError):
+    """Another process of the run died or stopped answering; the run cannot go on."""
 
 
 @dataclass
@@ -22,14 +35,18 @@ class DistInfo:
         return self.rank == 0
 
 
+_TIMEOUT = [1800.0]
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", timeout: float = 1800.0) -> DistInfo:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1), else run alone.
 
     ``device``: ``"auto"`` (the local GPU when there is one, else the CPU), ``"cpu"`` or ``"cuda"``.
+    ``timeout``: seconds any collective waits for the other ranks before it fails (``train.dist_timeout``).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -46,21 +63,75 @@ def init_distributed(device: str = "auto") -> DistInfo:
     else:
         dev = torch.device("cpu")
     if world > 1 and not is_distributed():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+        _TIMEOUT[0] = float(timeout)
+        with collective("joining the process group (init_process_group)"):
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=timeout))
     return DistInfo(rank, world, local, dev)
 
 
-def barrier() -> None:
+@contextmanager
+def collective(what: str):
+    """Run a collective (or code that makes some, e.g. a DDP backward); a dead or frozen peer becomes a
+    :class:`DistributedError` naming this rank and ``what`` it was doing."""
+    try:
+        yield
+    except DistributedError:
+        raise
+    except (dist.DistError, RuntimeError) as e:
+        if not _is_peer_failure(e):
+            raise
+        rank = os.environ.get("RANK", "?")
+        world = os.environ.get("WORLD_SIZE", "?")
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise DistributedError(
+            f"rank {rank} of {world}: {what} failed because another rank died or did not answer within "
+            f"train.dist_timeout={_TIMEOUT[0]:g} s ({first}). This rank stops too; see the other ranks' logs "
+            "for the first error, then run the same command again to resume from the last checkpoint"
+        ) from e
+
+
+_PEER_WORDS = ("timed out", "timeout", "connection", "closed", "reset by peer", "broken pipe", "gloo", "nccl",
+               "socket", "store", "peer")
+
+
+def _is_peer_failure(e: BaseException) -> bool:
+    if isinstance(e, dist.DistError):
+        return True
+    text = str(e).lower()
+    return is_distributed() and any(w in text for w in _PEER_WORDS)
+
+
+def barrier(what: str = "a barrier") -> None:
     if is_distributed():
-        dist.barrier()
+        with collective(what):
+            dist.barrier()
 
 
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+def _all_reduce(t: torch.Tensor, op, what: str) -> torch.Tensor:
     if is_distributed():
         t = t.clone()
-        dist.all_reduce(t)
-        t /= dist.get_world_size()
+        with collective(what):
+            dist.all_reduce(t, op=op)
     return t
+
+
+def all_reduce_mean(t: torch.Tensor, what: str = "averaging a value over ranks") -> torch.Tensor:
+    if is_distributed():
+        t = _all_reduce(t, dist.ReduceOp.SUM, what) / dist.get_world_size()
+    return t
+
+
+def all_reduce_sum(t: torch.Tensor, what: str = "summing a value over ranks") -> torch.Tensor:
+    return _all_reduce(t, dist.ReduceOp.SUM, what)
+
+
+def any_rank(flag: bool, device: torch.device = torch.device("cpu"), what: str = "agreeing on whether to stop") -> bool:
+    """True on every rank when ``flag`` is true on at least one (one collective; alone: ``flag``)."""
+    if not is_distributed():
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    return bool(_all_reduce(t, dist.ReduceOp.MAX, what).item() > 0)
 
 
 def cleanup() -> None:

@@ -5,9 +5,16 @@ autocast (bf16 on CPU/GPU; fp16 with loss scaling, meant for the GPU, runs on th
 soft-target cross-entropy (label smoothing, mixup/cutmix), gradient accumulation and clipping,
 optimiser step, per-iteration lr schedule, EMA.
 Every epoch (``train.eval_every``): multi-view validation. Checkpoints: ``last.pt`` (every epoch, on
-SIGTERM, and at ``train.stop_after_steps``), ``best.pt`` (best validation top-1), ``epoch_{N}.pt`` every
-``train.save_every`` epochs. A run resumes from ``last.pt`` in its output folder to the exact batch.
-A NaN/inf loss saves ``nan_step{N}.pt`` and stops with the step number.
+SIGTERM / SIGINT, and at ``train.stop_after_steps``), then ``best.pt`` (best validation top-1) and
+``epoch_{N}.pt`` every ``train.save_every`` epochs.
+
+Never silently losing work: a run resumes from ``last.pt`` in its output folder to the exact batch when
+the saved config matches (it is refused, naming the keys that differ, when not; ``train.resume=false``
+starts over). A signal to any rank (or to the whole process group, data-loader workers included: they
+ignore it) stops every rank at the same step: the stop flag is all-reduced after each step, ``last.pt``
+is written once, and :class:`TrainingStopped` says how to resume. A NaN/inf loss saves
+``nan_step{N}.pt`` and stops with the step number. Unreadable training videos are replaced, and
+counted in the result of :meth:`Trainer.fit`.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import csv
 import json
 import logging
 import math
+import os
 import signal
 import time
 from contextlib import nullcontext
@@ -29,9 +37,10 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from ..data import datasets as D
 from ..data import transforms as TF
 from ..models import create_model
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import config_diff, load_checkpoint, remove_partial_writes, save_checkpoint, set_rng_state
 from .config import Config, to_dict
-from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed, is_distributed
+from .distributed import (DistInfo, all_reduce_mean, all_reduce_sum, any_rank, barrier, collective, init_distributed,
+                          is_distributed)
 from .metrics import EvalResult, ViewAccumulator, write_per_class_csv
 from .optim import build_optimizer, build_scheduler, scaled_lr
 
@@ -41,7 +50,19 @@ log = logging.getLogger("tada.train")
 
 
 class TrainingStopped(RuntimeError):
-    """Raised when a run stops on purpose (SIGTERM) after saving its checkpoint."""
+    """Raised when a run stops on purpose (a signal, ``train.stop_after_steps``) after saving ``last.pt``.
+    ``signal`` is the signal's name (``"SIGTERM"``, ``"SIGINT"``) or None."""
+
+    def __init__(self, message: str, signal: Optional[str] = None):
+        super().__init__(message)
+        self.signal = signal
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker init: SIGTERM / SIGINT sent to the whole process group (SLURM, ``docker stop``,
+    Ctrl-C) must reach only the main process, which saves and stops the workers itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -126,13 +147,17 @@ class Trainer:
     def __init__(self, cfg: Config, *, datasets: Optional[dict] = None, progress: bool = True,
                  splits=("train", "val")):
         self.cfg = cfg
-        self.dist: DistInfo = init_distributed(cfg.train.device)
+        self.dist: DistInfo = init_distributed(cfg.train.device, cfg.train.dist_timeout)
         self.device = self.dist.device
         self.progress = progress and self.dist.is_main
         self.out = Path(cfg.train.output_dir)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"train.output_dir={self.out} is a file, not a folder; choose another train.output_dir")
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            remove_partial_writes(self.out)
         self._check_device_options()
+        self._resume_state = self._read_resume_state() if "train" in splits else None
         torch.manual_seed(cfg.train.seed + self.dist.rank)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -147,6 +172,7 @@ class Trainer:
         # Epic-Kitchens parsers give (verb names, noun names): one head over both, split in the loss
         self.multi_head = bool(self.class_names) and isinstance(self.class_names[0], (list, tuple))
         num_classes = cfg.model.num_classes or self._num_classes()
+        self._check_labels(num_classes)
         self.model = self._build_model(num_classes)
         self.ema = None
         if cfg.train.ema_decay:  # after the pretrained weights are in (create_model loaded them)
@@ -163,7 +189,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.amp == "fp16" else None
         self.epoch, self.step, self.batch_in_epoch, self.best = 0, 0, 0, -1.0
         self.history: List[dict] = []
-        self._stop_signal = False
+        self.unreadable: set = set()  # training samples that could not be read and were replaced
+        self._stop_signal: Optional[str] = None
 
     # -- building ------------------------------------------------------------------------------
     def _check_device_options(self):
@@ -174,6 +201,40 @@ class Trainer:
             # It works (autocast + loss scaling, the GPU code path), but CPUs have no fast fp16 kernels.
             log.warning("train.amp=fp16 on %s: runs, with loss scaling, but slowly; bf16 is the CPU choice",
                         self.device.type)
+
+    def _read_resume_state(self) -> Optional[dict]:
+        """The state in ``output_dir/last.pt`` if this run continues it; refused when its config differs."""
+        path = self.out / "last.pt"
+        if not path.exists():
+            return None
+        if not self.cfg.train.resume:
+            if self.dist.is_main:
+                log.warning("train.resume=false: starting over in %s; its last.pt and logs will be replaced", self.out)
+            return None
+        state = load_checkpoint(path)
+        diff = config_diff(state.get("config") or {}, to_dict(self.cfg))
+        if diff:
+            shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+            raise ValueError(
+                f"{path} (step {state.get('step')}) belongs to a run with another config ({shown}). To continue "
+                "it, run with the config it was saved with; to keep it and train this config, choose another "
+                "train.output_dir; to replace it, start over with train.resume=false (tada train --overwrite)")
+        return state
+
+    def _check_labels(self, num_classes: int) -> None:
+        """Every annotated label must fit the head: caught here, not as an index error in hour three."""
+        sizes = ([len(c) for c in self.class_names] if self.multi_head else None) if self.class_names else None
+        for split, (ds, _) in self.datasets.items():
+            for s in getattr(ds, "samples", ()):
+                lab = s.label
+                if split != "train" and lab == -1:  # unlabelled test entries (SSV2 test, empty CSV labels)
+                    continue
+                bad = (any(not 0 <= int(v) < n for v, n in zip(lab, sizes)) if sizes and isinstance(lab, (tuple, list))
+                       else not isinstance(lab, (tuple, list)) and not 0 <= int(lab) < num_classes)
+                if bad:
+                    raise ValueError(
+                        f"{split} sample {s.path} has label {lab}, outside the {sizes or num_classes} classes of "
+                        "the model; fix the annotation list, data.class_names or model.num_classes")
 
     def _num_classes(self):
         if self.class_names is None:
@@ -209,6 +270,7 @@ class Trainer:
         g = torch.Generator().manual_seed(self.cfg.train.seed * 1000 + epoch)
         return DataLoader(ds, batch_size=d.batch_size, sampler=sampler, num_workers=d.num_workers,
                           collate_fn=D.collate_views, drop_last=train, generator=g,
+                          worker_init_fn=_ignore_stop_signals if d.num_workers else None,
                           pin_memory=self.device.type == "cuda", persistent_workers=False)
 
     # -- loss ----------------------------------------------------------------------------------
@@ -240,7 +302,7 @@ class Trainer:
         self.mixup = None if self.multi_head else TF.build_mixup(
             cfg.train.mixup_alpha, cfg.train.cutmix_alpha, cfg.train.label_smoothing, num_classes)
         self._maybe_resume()
-        self._install_sigterm()
+        self._install_signal_handlers()
         writer = self._tensorboard()
         total_steps = cfg.optim.epochs * steps_per_epoch
         t_start = time.time()
@@ -253,27 +315,53 @@ class Trainer:
                 train_loss = self._train_epoch(loader, steps_per_epoch, total_steps, writer)
                 self.epoch += 1
                 self.batch_in_epoch = 0
+                val_row = {}
                 row = {"epoch": self.epoch, "train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
                        "time": time.time() - t_start}
+                new_best = False
                 if "val" in self.datasets and (self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.optim.epochs):
                     res = self.evaluate(self.datasets["val"][0])
                     row.update(val_top1=res.top1, val_top5=res.top5, val_mean_class_acc=res.mean_class_acc)
                     if self.ema is not None:
                         row["val_top1_ema"] = self.evaluate(self.datasets["val"][0], model=self.ema.module).top1
                     if res.top1 > self.best:
-                        self.best = res.top1
-                        self._save("best.pt", metrics=row)
+                        self.best, new_best = res.top1, True
                 self.history.append(row)
                 self._log_epoch(row, writer)
+                # last.pt first: a full disk while writing best.pt must not cost the epoch's resume point
                 self._save("last.pt", metrics=row)
+                if new_best:
+                    self._save("best.pt", metrics=row)
                 if cfg.train.save_every and self.epoch % cfg.train.save_every == 0:
                     self._save(f"epoch_{self.epoch}.pt", metrics=row)
+                if self.epoch < cfg.optim.epochs and any_rank(self._stop_signal is not None, self.device):
+                    self._stop(self._stop_signal or "SIGTERM", saved=self.out / "last.pt")
         finally:
             if writer is not None:
                 writer.close()
-            self._restore_sigterm()
+            self._restore_signal_handlers()
+        unreadable = self._count_unreadable()
+        if unreadable and self.dist.is_main:
+            log.warning("%d training samples could not be read and were replaced by random others (their paths "
+                        "are in the warnings above); check the data with `tada data inspect`", unreadable)
         return {"history": self.history, "best_top1": self.best, "steps": self.step,
-                "time": time.time() - t_start, "output_dir": str(self.out)}
+                "time": time.time() - t_start, "output_dir": str(self.out), "unreadable": unreadable}
+
+    def _count_unreadable(self) -> int:
+        """Distinct unreadable training samples over all ranks (each rank sees its own share)."""
+        if not is_distributed():
+            return len(self.unreadable)
+        sets = [None] * self.dist.world_size
+        with collective("gathering the count of unreadable videos"):
+            torch.distributed.all_gather_object(sets, sorted(self.unreadable))
+        return len(set().union(*map(set, sets)))
+
+    def _stop(self, why: str, saved: Path):
+        if self.dist.is_main:
+            log.info("stopped at step %d (%s)", self.step, why)
+        sig = why if why.startswith("SIG") else None
+        raise TrainingStopped(f"stopped at step {self.step} ({why}); checkpoint {saved}. Run the same command again "
+                              "to resume from it (train.resume=true, the default)", signal=sig)
 
     def _train_epoch(self, loader, steps_per_epoch, total_steps, writer) -> float:
         cfg = self.cfg
@@ -289,6 +377,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         micro = 0
         for batch in loader:
+            for replaced in batch.get("replaced", ()):
+                self.unreadable.update(replaced)
             x = batch["video"].to(self.device, non_blocking=True)
             if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -296,7 +386,9 @@ class Trainer:
                 x, batch["target"] = self.mixup(x, batch["label"].to(self.device))
             sync = (micro + 1) % accum == 0
             ctx = self.ddp.no_sync() if (is_distributed() and not sync) else nullcontext()
-            with ctx:
+            # DDP syncs in forward (buffers, bucket rebuilds) and backward (gradients): a lost rank fails here
+            peers = collective(f"step {self.step + 1} (forward and backward with the gradient all-reduce)")
+            with ctx, peers:
                 with self._autocast():
                     logits = self.forward_model(x)
                 loss = self._loss(logits, batch)
@@ -335,12 +427,14 @@ class Trainer:
                                 clips_s=f"{seen / max(time.time() - t0, 1e-9):.1f}")
                 bar.update(1)
             stop_at = cfg.train.stop_after_steps
-            if self._stop_signal or (stop_at is not None and self.step >= stop_at):
+            # agreed by all ranks, so a signal to one rank stops every rank after this same step
+            signalled = any_rank(self._stop_signal is not None, self.device)
+            if signalled or (stop_at is not None and self.step >= stop_at):
                 path = self._save("last.pt")
                 if bar is not None:
                     bar.close()
-                why = "SIGTERM" if self._stop_signal else f"train.stop_after_steps={stop_at}"
-                raise TrainingStopped(f"stopped at step {self.step} ({why}); resume from {path}")
+                self._stop((self._stop_signal or "a signal to another rank") if signalled
+                           else f"train.stop_after_steps={stop_at}", saved=path)
             if self.batch_in_epoch >= steps_per_epoch:
                 break
         if bar is not None:
@@ -373,7 +467,8 @@ class Trainer:
             if self.multi_head:
                 logits, labels = (logits[:, :nv], logits[:, nv:]), (labels[:, 0], labels[:, 1])
             acc.add(logits, labels, batch["index"], batch["view"], batch["valid"])
-        acc.gather()
+        with collective("gathering evaluation results"):
+            acc.gather()
         model.train(was)
         res = acc.summarise(with_confusion=True)
         if res.invalid:
@@ -389,45 +484,78 @@ class Trainer:
                             epoch=self.epoch, step=self.step, config=to_dict(self.cfg),
                             class_names=self.class_names, metrics=metrics,
                             extra={"batch_in_epoch": self.batch_in_epoch, "best": self.best,
-                                   "history": self.history})
-        barrier()
+                                   "history": self.history, "unreadable": sorted(self.unreadable)})
+        barrier(f"waiting for rank 0 to write {name}")
         return path
 
     def _maybe_resume(self) -> None:
-        path = self.out / "last.pt"
-        if not self.cfg.train.resume or not path.exists():
+        state, self._resume_state = self._resume_state, None
+        if state is None:
             return
-        state = load_checkpoint(path)
-        self.model.load_state_dict(state["model_state"])
-        if "optimizer_state" in state:
-            self.optimizer.load_state_dict(state["optimizer_state"])
-        if "scheduler_state" in state:
-            self.scheduler.load_state_dict(state["scheduler_state"])
-        if self.ema is not None and "model_ema_state" in state:
-            self.ema.module.load_state_dict(state["model_ema_state"])
-        if self.scaler is not None and "scaler_state" in state:
-            self.scaler.load_state_dict(state["scaler_state"])
+        path = self.out / "last.pt"
+        try:
+            self.model.load_state_dict(state["model_state"])
+            if "optimizer_state" in state:
+                self.optimizer.load_state_dict(state["optimizer_state"])
+            if "scheduler_state" in state:
+                self.scheduler.load_state_dict(state["scheduler_state"])
+            if self.ema is not None and "model_ema_state" in state:
+                self.ema.module.load_state_dict(state["model_ema_state"])
+            if self.scaler is not None and "scaler_state" in state:
+                self.scaler.load_state_dict(state["scaler_state"])
+        except (RuntimeError, KeyError, ValueError) as e:  # same config, other code or a damaged file
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{path} matches this config but its state does not fit the model or optimiser "
+                             f"({type(e).__name__}: {first}); start over with train.resume=false or choose "
+                             "another train.output_dir") from e
         extra = state.get("extra", {})
         self.epoch, self.step = state["epoch"], state["step"]
         self.batch_in_epoch = extra.get("batch_in_epoch", 0)
         self.best = extra.get("best", -1.0)
         self.history = list(extra.get("history", []))
+        self.unreadable = set(extra.get("unreadable", []))
         set_rng_state(state["rng"])
         self.scheduler.step_update(self.step)
+        if self.dist.is_main:
+            self._truncate_step_log()
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
 
-    def _install_sigterm(self):
+    def _truncate_step_log(self) -> None:
+        """Drop the ``steps.csv`` rows after the resumed step (a kill -9 after them re-runs those steps)."""
+        path = self.out / "steps.csv"
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        keep = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= self.step]
+        if len(keep) != len(rows):
+            tmp = path.with_suffix(".csv.tmp")
+            with open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows(keep)
+            os.replace(tmp, path)
+
+    def _install_signal_handlers(self):
+        """SIGTERM and SIGINT set a flag; the loop saves ``last.pt`` after the current step and stops. A
+        second Ctrl-C interrupts at once (KeyboardInterrupt)."""
         def handler(signum, frame):
-            self._stop_signal = True
+            name = signal.Signals(signum).name
+            if signum == signal.SIGINT and self._stop_signal == "SIGINT":
+                raise KeyboardInterrupt
+            if self._stop_signal is None:
+                log.warning("%s received: saving last.pt after this step, then stopping (Ctrl-C again to abort)", name)
+            self._stop_signal = self._stop_signal or name
 
-        try:
-            self._old_sigterm = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread
-            self._old_sigterm = None
+        self._old_handlers = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old_handlers[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
 
-    def _restore_sigterm(self):
-        if getattr(self, "_old_sigterm", None) is not None:
-            signal.signal(signal.SIGTERM, self._old_sigterm)
+    def _restore_signal_handlers(self):
+        for sig, old in getattr(self, "_old_handlers", {}).items():
+            signal.signal(sig, old)
+        self._old_handlers = {}
 
     def _tensorboard(self):
         if not self.dist.is_main:
@@ -436,7 +564,8 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional: the CSV logs are always written
             return None
-        return SummaryWriter(str(self.out / "tb"))
+        # purge_step: events after the resumed step (written before a kill) are dropped, like steps.csv's rows
+        return SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if self.step else None)
 
     def _log_step(self, loss: float, clips_per_s: float, writer) -> None:
         if not self.dist.is_main:
