@@ -75,15 +75,22 @@ def test_safetensors_and_torchscript(tmp_path, src):
 
     sd = src.state_dict()
     torch.jit.save(torch.jit.script(Holder(sd)), str(tmp_path / "ts.pt"))
-    back = read_checkpoint(tmp_path / "ts.pt")
+    back = read_checkpoint(tmp_path / "ts.pt")  # read as data, without torch.jit.load
     assert [torch.equal(a, b) for a, b in zip(back.values(), sd.values())] == [True] * len(sd)
+    oracle = torch.jit.load(str(tmp_path / "ts.pt")).state_dict()  # a trusted file: jit.load is the reference
+    assert list(back) == list(oracle)
+    assert all(back[k].dtype == v.dtype and back[k].stride() == v.stride() and torch.equal(back[k], v)
+               for k, v in oracle.items())
 
 
-def test_head_with_other_class_count_is_reinitialised(tmp_path, src):
+def test_head_with_other_class_count_is_reinitialised(tmp_path, src, caplog):
     torch.save(src.state_dict(), tmp_path / "c.pth")
     dst = Tiny(num_classes=9)
     head_before = dst.head.weight.clone()
-    report = load_pretrained(dst, tmp_path / "c.pth")
+    with caplog.at_level("WARNING", logger="tada.models"):
+        report = load_pretrained(dst, tmp_path / "c.pth")
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "(head.bias, head.weight) has 4 classes and the model 9; it is re-initialised" in warning.getMessage()
     assert report.reinitialised_head == ["head.bias", "head.weight"]
     assert torch.equal(dst.head.weight, head_before)
     assert torch.equal(dst.stem.weight, src.stem.weight)
@@ -129,8 +136,10 @@ def test_unreadable_files(tmp_path, src):
     with pytest.raises(ValueError, match="truncated"):
         read_checkpoint(tmp_path / "cut.pth")
     (tmp_path / "text.pth").write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match=r"cannot read .*text.pth: it is not a checkpoint \(its first bytes"):
         read_checkpoint(tmp_path / "text.pth")
+    torch.save(src.state_dict(), tmp_path / "named.safetensors")  # formats are found by content, not name
+    assert read_checkpoint(tmp_path / "named.safetensors").keys() == src.state_dict().keys()
     with pytest.raises(ValueError, match="no tensors"):
         unwrap_state_dict({"epoch": 1, "cfg": {}})
 
