@@ -304,3 +304,29 @@ def test_unreadable_training_videos_are_counted_at_the_end(synth, tmp_path, caps
     rc, io = _train(synth, tmp_path / "run", f"data.train_list={lst}", "optim.epochs=1", capsys=capsys)
     assert rc == 0
     assert "; 1 unreadable training videos were replaced" in io.out, io.out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_predict_on_cuda_without_cuda_is_refused_before_loading(tmp_path, capsys):
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")
+    assert main(["predict", str(video), "--checkpoint", str(tmp_path / "missing.pt"), "--device", "cuda"]) == 2
+    assert "--device cuda: no CUDA device is available here; use --device cpu" in capsys.readouterr().err
+
+
+def test_help_config_comment_and_stop_message_agree_on_resuming(capsys):
+    """`tada train --help` and the train.resume comment tell the story the stop message tells (tested with
+    the signals above): the same command resumes; --overwrite / train.resume=false starts over."""
+    import inspect
+
+    from tada.cli import build_parser
+    from tada.engine import config
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Running the same command again continues from train.output_dir/last.pt" in text
+    assert "--overwrite (= train.resume=false) starts over" in text and "SIGTERM or Ctrl-C saves last.pt" in text
+    src = inspect.getsource(config.TrainConfig)
+    assert "true: continue from output_dir/last.pt" in src and "false (or `tada train --overwrite`): start over" in src
+    assert config.TrainConfig().resume is True

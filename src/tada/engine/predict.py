@@ -43,6 +43,8 @@ def predict_videos(videos: Sequence[str], checkpoint, *, topk: int = 5, device: 
     when the file cannot be read (other videos are still predicted)."""
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu")
     model, cfg, names = load_for_inference(checkpoint, device)
     d = cfg.data
     transforms = test_transforms(d)
