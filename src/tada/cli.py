@@ -150,11 +150,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(trainer, cfg) -> int:
-    from tada.engine.trainer import build_dataset
+    from tada.engine.build import build_dataset
 
     ds, _ = build_dataset(cfg, "test")
     res = trainer.evaluate(ds)
-    print(f"test: {res.summary()}")
+    print(f"test: {trainer.task.summary(res)}")
     for k, v in trainer.write_report(res, "test").items():
         print(f"  {k:<14} {v}")
     return 0
@@ -162,17 +162,22 @@ def _evaluate(trainer, cfg) -> int:
 
 def _test(args: argparse.Namespace) -> int:
     from tada.engine.config import load_config
-    from tada.engine.trainer import Trainer, build_dataset
+    from tada.engine.distributed import cleanup
+    from tada.engine.evaluate import test_checkpoint
 
     _setup_logging()
     cfg = load_config(args.config, list(args.overrides) + ["train.resume=false"])
     if not cfg.data.test_list:
         print("tada test: data.test_list is not set (give it in the config or as data.test_list=PATH)", file=sys.stderr)
         return 2
-    test = build_dataset(cfg, "test")
-    trainer = Trainer(cfg, datasets={"test": test}, progress=not args.no_progress, splits=())
-    trainer.load_weights(args.checkpoint, ema=args.ema)
-    return _evaluate(trainer, cfg)
+    try:
+        task, res, files = test_checkpoint(cfg, args.checkpoint, ema=args.ema, progress=not args.no_progress)
+    finally:
+        cleanup()
+    print(f"test: {task.summary(res)}")
+    for k, v in files.items():
+        print(f"  {k:<14} {v}")
+    return 0
 
 
 def _predict(args: argparse.Namespace) -> int:

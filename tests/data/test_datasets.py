@@ -299,7 +299,7 @@ def test_detect_format_and_load(tmp_path):
                 "g.csv": "csv", "hmdb": "hmdb51", "hmdb/run_test_split1.txt": "hmdb51", "folder": "folder"}
     assert {k: detect_format(tmp_path / k) for k in expected} == expected
     samples, names = load_annotations(tmp_path / "k.csv")
-    assert names == ["abseiling", "air drumming"] and samples[1].label == 0
+    assert names.class_names == ["abseiling", "air drumming"] and samples[1].label == 0
     with pytest.raises(ValueError, match="unknown annotation format"):
         load_annotations(tmp_path / "k.txt", "kinetics900")
 

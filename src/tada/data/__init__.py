@@ -4,6 +4,7 @@
 :mod:`~tada.data.decode`     read frames by index from a video file or a JPEG frame folder
 :mod:`~tada.data.sampling`   interval / segment frame sampling and the test views
 :mod:`~tada.data.transforms` train / test pipelines on uint8 ``(T, H, W, 3)`` clips
+:mod:`~tada.data.labels`     :class:`LabelSpace`: the class names of each head, flip pairs
 :mod:`~tada.data.datasets`   annotation parsers (Kinetics, SSV2, SSV1, EK100, UCF101, HMDB51, CSV,
                              folders) and :class:`VideoClipDataset` (bad videos logged and replaced)
 :mod:`~tada.data.synth`      the synthetic time-reversal benchmark (``tada synth``)
@@ -12,15 +13,16 @@
 
 This layer knows nothing about models or the training engine.
 """
-from . import datasets, decode, inspect, sampling, synth, transforms
+from . import datasets, decode, inspect, labels, sampling, synth, transforms
 from .datasets import *  # noqa: F401,F403
+from .labels import *  # noqa: F401,F403
 from .decode import *  # noqa: F401,F403
 from .inspect import *  # noqa: F401,F403
 from .sampling import *  # noqa: F401,F403
 from .synth import *  # noqa: F401,F403
 from .transforms import *  # noqa: F401,F403
 
-__all__ = ["decode", "sampling", "transforms", "datasets", "synth", "inspect"]
-for _m in (decode, sampling, transforms, datasets, synth, inspect):
+__all__ = ["decode", "sampling", "transforms", "labels", "datasets", "synth", "inspect"]
+for _m in (decode, sampling, transforms, labels, datasets, synth, inspect):
     __all__ += [n for n in _m.__all__ if n not in __all__]
 del _m

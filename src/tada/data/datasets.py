@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from .decode import VideoDecodeError, VideoInfo, probe, read_frames
+from .labels import LabelSpace
 from .sampling import interval_indices, segment_indices, test_views
 
 __all__ = [
@@ -586,9 +587,10 @@ def detect_format(path: PathLike) -> str:
 
 
 def load_annotations(path: PathLike, format: Optional[str] = None, *, root: Optional[PathLike] = None,
-                     **kwargs) -> Tuple[List[Sample], Any]:
-    """Parse ``path`` with the parser of ``format`` (detected when None). ``root`` is passed to the
-    parsers that look at the video files to detect a layout; ``kwargs`` go to the parser."""
+                     **kwargs) -> Tuple[List[Sample], LabelSpace]:
+    """Parse ``path`` with the parser of ``format`` (detected when None) into ``(samples, label space)``.
+    ``root`` is passed to the parsers that look at the video files to detect a layout; ``kwargs`` go to
+    the parser."""
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such annotation list or folder")
     fmt = detect_format(path) if format is None else format
@@ -600,7 +602,7 @@ def load_annotations(path: PathLike, format: Optional[str] = None, *, root: Opti
     if not samples:
         raise ValueError(f"{path}: no samples in this {fmt} annotation list (is the file empty, or only "
                          "blank lines, comments or a header?)")
-    return samples, names
+    return samples, LabelSpace.from_parser(names)
 
 
 # --------------------------------------------------------------------------------------------------

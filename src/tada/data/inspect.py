@@ -64,17 +64,6 @@ def _label_key(label) -> Any:
     return tuple(label) if isinstance(label, (list, tuple)) else label
 
 
-def _label_name(label, class_names) -> str:
-    if isinstance(label, tuple) and isinstance(class_names, tuple) and len(class_names) == 2:
-        v, n = label
-        vn = class_names[0][v] if 0 <= v < len(class_names[0]) else str(v)
-        nn = class_names[1][n] if 0 <= n < len(class_names[1]) else str(n)
-        return f"{vn}/{nn}"
-    if isinstance(label, int) and isinstance(class_names, list) and 0 <= label < len(class_names):
-        return class_names[label]
-    return str(label)
-
-
 def inspect_dataset(
     list_path: os.PathLike | str,
     *,
@@ -97,7 +86,7 @@ def inspect_dataset(
     fmt = detect_format(list_path) if format is None else format
     if root is None:
         root = list_path if fmt == "folder" else list_path.parent
-    samples, class_names = load_annotations(list_path, fmt, root=root, **parser_kwargs)
+    samples, labels = load_annotations(list_path, fmt, root=root, **parser_kwargs)
     by_video: Dict[str, List[Sample]] = {}
     for s in samples:
         by_video.setdefault(s.path, []).append(s)
@@ -125,16 +114,13 @@ def inspect_dataset(
     bad = [{"path": rel, "reason": r["reason"], "samples": len(by_video[rel])}
            for rel, r in results.items() if not r["ok"]]
     counts = Counter(_label_key(s.label) for s in samples)
-    if isinstance(class_names, tuple):
-        num_classes: Any = [len(c) for c in class_names]
-    else:
-        num_classes = len(class_names)
+    num_classes: Any = list(labels.sizes) if labels.multi_head else labels.sizes[0]
     per_class = None
     if counts:
         lo = min(counts.items(), key=lambda kv: (kv[1], str(kv[0])))
         hi = max(counts.items(), key=lambda kv: (kv[1], str(kv[0])))
-        per_class = {"min": lo[1], "max": hi[1], "min_class": _label_name(lo[0], class_names),
-                     "max_class": _label_name(hi[0], class_names)}
+        per_class = {"min": lo[1], "max": hi[1], "min_class": labels.name_of(lo[0]),
+                     "max_class": labels.name_of(hi[0])}
     return {
         "list": str(list_path),
         "root": str(root),

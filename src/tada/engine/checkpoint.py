@@ -143,8 +143,8 @@ def _as_tuple(x):
 
 
 def save_checkpoint(path, *, model, optimizer=None, scheduler=None, ema=None, scaler=None, epoch: int = 0,
-                    step: int = 0, config: Optional[dict] = None, class_names=None, metrics: Optional[dict] = None,
-                    extra: Optional[dict] = None) -> Path:
+                    step: int = 0, config: Optional[dict] = None, class_names=None, labels: Optional[dict] = None,
+                    metrics: Optional[dict] = None, extra: Optional[dict] = None) -> Path:
     """Write everything a resume needs. ``model``/``ema`` may be wrapped (DDP): their ``module`` is saved."""
     unwrap = lambda m: getattr(m, "module", m)  # noqa: E731
     state = {
@@ -156,6 +156,7 @@ def save_checkpoint(path, *, model, optimizer=None, scheduler=None, ema=None, sc
         "rng": rng_state(),
         "config": config or {},
         "class_names": list(class_names) if class_names is not None else None,
+        "labels": labels,  # LabelSpace.to_json(): heads, names per head, flip pairs
         "metrics": metrics or {},
     }
     if optimizer is not None:

@@ -24,6 +24,7 @@ import yaml
 
 __all__ = [
     "ConfigError",
+    "TaskConfig",
     "ModelConfig",
     "DataConfig",
     "OptimConfig",
@@ -128,8 +129,17 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class TaskConfig:
+    # what a batch means, the loss, the metrics (tada.engine.tasks): classification | verb_noun | a
+    # registered task; auto: verb_noun for a two-head label space (Epic-Kitchens), else classification
+    name: str = "auto"
+    kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)  # the task's own options (its Options)
+
+
+@dataclasses.dataclass
 class Config:
     name: str = "default"
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)

@@ -12,28 +12,19 @@ from typing import Dict, List, Sequence
 import torch
 
 from ..data import datasets as D
-from ..models import create_model
-from .checkpoint import load_checkpoint
-from .config import Config, from_dict
-from .trainer import test_transforms
+from . import build
+from .build import test_transforms
 
 __all__ = ["load_for_inference", "predict_videos"]
 
 
 def load_for_inference(checkpoint, device="cpu"):
-    """``(model in eval mode, config, class names)`` from a checkpoint written by the trainer."""
-    state = load_checkpoint(checkpoint)
-    cfg = from_dict(Config, state.get("config") or {})
-    names = state.get("class_names")
-    if not names:
-        raise ValueError(f"{checkpoint} has no class names; it was not written by `tada train`")
-    if names and isinstance(names[0], list):
-        raise ValueError("tada predict handles single-label checkpoints; this one has verb/noun heads")
-    kwargs = dict(cfg.model.kwargs)
-    kwargs["drop_rate"] = cfg.model.drop_rate
-    model = create_model(cfg.model.name, num_classes=len(names), **kwargs)
-    model.load_state_dict(state["model_state"])
-    return model.to(device).eval(), cfg, list(names)
+    """``(model in eval mode, config, class names)`` from a single-label checkpoint written by the trainer."""
+    model, cfg, labels = build.load_for_inference(checkpoint, device)
+    if labels.multi_head:
+        raise ValueError(f"tada predict handles single-label checkpoints; this one has {len(labels.heads)} heads "
+                         f"({', '.join(labels.heads)})")
+    return model, cfg, labels.class_names
 
 
 @torch.no_grad()

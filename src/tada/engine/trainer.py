@@ -1,9 +1,11 @@
-"""The training loop and multi-view evaluation, driven by a typed :class:`~tada.engine.config.Config`.
+"""The training loop, driven by a typed :class:`~tada.engine.config.Config`; what a batch means (the
+loss, the metrics) is the run's :class:`~tada.engine.tasks.Task`, so the loop knows nothing about labels.
 
-One process or many (``torchrun``: DDP, NCCL on GPU, gloo on CPU). Per iteration: forward under
-autocast (bf16 on CPU/GPU; fp16 with loss scaling, meant for the GPU, runs on the CPU too),
-soft-target cross-entropy (label smoothing, mixup/cutmix), gradient accumulation and clipping,
-optimiser step, per-iteration lr schedule, EMA.
+One process or many (``torchrun``: DDP, NCCL on GPU, gloo on CPU). Per iteration: the task's batch
+augmentation, forward under autocast (bf16 on CPU/GPU; fp16 with loss scaling, meant for the GPU, runs
+on the CPU too), the task's loss, gradient accumulation and clipping, optimiser step, per-iteration lr
+schedule, EMA. The run's parts come from :mod:`tada.engine.build`; evaluation is
+:func:`tada.engine.evaluate.evaluate`.
 Every epoch (``train.eval_every``): multi-view validation. Checkpoints: ``last.pt`` (every epoch, on
 SIGTERM / SIGINT, and at ``train.stop_after_steps``), then ``best.pt`` (best validation top-1) and
 ``epoch_{N}.pt`` every ``train.save_every`` epochs.
@@ -27,24 +29,23 @@ import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader
 
-from ..data import datasets as D
-from ..data import transforms as TF
-from ..models import create_model
+from ..data.labels import LabelSpace
+from .build import autocast_for, build_dataset, build_loader, build_model, load_weights, test_transforms
 from .checkpoint import config_diff, load_checkpoint, remove_partial_writes, save_checkpoint, set_rng_state
 from .config import Config, to_dict
 from .distributed import (DistInfo, all_reduce_mean, all_reduce_sum, any_rank, barrier, collective, init_distributed,
                           is_distributed)
-from .metrics import EvalResult, ViewAccumulator, write_per_class_csv
+from .evaluate import evaluate
 from .optim import build_optimizer, build_scheduler, scaled_lr
+from .tasks import Task, build_task
 
-__all__ = ["Trainer", "build_dataset", "test_transforms", "TrainingStopped"]
+__all__ = ["Trainer", "TrainingStopped", "build_dataset", "test_transforms"]  # the last two: from .build
 
 log = logging.getLogger("tada.train")
 
@@ -58,94 +59,17 @@ class TrainingStopped(RuntimeError):
         self.signal = signal
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader worker init: SIGTERM / SIGINT sent to the whole process group (SLURM, ``docker stop``,
-    Ctrl-C) must reach only the main process, which saves and stops the workers itself."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-# -- data ------------------------------------------------------------------------------------------
-
-def _norm_stats(name: str):
-    return (TF.CLIP_MEAN, TF.CLIP_STD) if name == "clip" else (TF.IMAGENET_MEAN, TF.IMAGENET_STD)
-
-
-def _resolve(root: str, path: Optional[str]) -> Optional[Path]:
-    if path is None:
-        return None
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else Path(root) / p
-
-
-def test_transforms(d) -> list:
-    """One test pipeline per spatial crop index of the data config ``d`` (a :class:`DataConfig`)."""
-    mean, std = _norm_stats(d.normalize)
-    return [TF.build_test_transform(short_side=d.test_short_side, crop_size=d.test_crop_size,
-                                    num_crops=d.test_crops, crop_index=c, mean=mean, std=std)
-            for c in range(d.test_crops)]
-
-
-def build_dataset(cfg: Config, split: str, *, train: Optional[bool] = None):
-    """``(dataset, class_names)`` for ``split`` in train / val / test, from the config's data section."""
-    d = cfg.data
-    lst = {"train": d.train_list, "val": d.val_list, "test": d.test_list}[split]
-    if lst is None:
-        raise ValueError(f"data.{split}_list is not set in the config")
-    path = _resolve(d.root, lst)
-    if not path.exists():
-        raise FileNotFoundError(f"data.{split}_list: {path} does not exist")
-    kwargs: Dict[str, Any] = {}
-    if d.class_names and d.format in ("kinetics", "csv", "kinetics_csv"):
-        kwargs["class_names"] = str(_resolve(d.root, d.class_names))
-    samples, class_names = D.load_annotations(path, d.format, root=d.root or None, **kwargs)
-    is_train = (split == "train") if train is None else train
-    mean, std = _norm_stats(d.normalize)
-    if is_train:
-        flip_map = TF.SSV2_FLIP_MAP if d.flip_label_map == "ssv2" else None
-        if d.flip_label_map not in (None, "ssv2"):
-            raise ValueError(f"data.flip_label_map must be null or 'ssv2', got {d.flip_label_map!r}")
-        transform = TF.build_train_transform(
-            crop_size=d.crop_size, scale=d.train_scale, short_side_range=d.short_side_range, flip=d.flip,
-            flip_label_map=flip_map, rand_augment=d.rand_augment, grayscale_p=d.grayscale_p,
-            random_erasing_p=d.random_erasing_p, mean=mean, std=std)
-        clips, crops = 1, 1
-    else:
-        clips, crops = d.test_clips, d.test_crops
-        transform = test_transforms(d)
-    ds = D.VideoClipDataset(
-        samples, root=d.root or None, frames=d.frames, sampling=d.sampling, rate=d.rate,
-        target_fps=d.target_fps, train=is_train, transform=transform, num_clips=clips, num_crops=crops,
-        max_retries=d.max_retries, backend=d.backend, seed=cfg.train.seed)
-    return ds, class_names
-
-
-class _SkipSampler(Sampler):
-    """A distributed sampler's epoch order without its first ``skip`` indices (resume mid-epoch)."""
-
-    def __init__(self, base: DistributedSampler, skip: int):
-        self.base, self.skip = base, skip
-
-    def __iter__(self) -> Iterator[int]:
-        it = iter(self.base)
-        for _ in range(self.skip):
-            next(it, None)
-        return it
-
-    def __len__(self) -> int:
-        return max(0, len(self.base) - self.skip)
-
-
 # -- the trainer -----------------------------------------------------------------------------------
 
 class Trainer:
-    """Builds everything from ``cfg`` and runs :meth:`fit` / :meth:`evaluate`.
+    """Builds the run from ``cfg`` (datasets, task, model) and runs :meth:`fit` / :meth:`evaluate`.
 
-    ``datasets`` may pass ready ``{"train": (ds, names), "val": (ds, names)}`` (tests do this).
+    ``datasets`` may pass ready ``{"train": (ds, label space), "val": ...}`` (tests do this); ``task`` a
+    ready :class:`~tada.engine.tasks.Task` instead of the one ``cfg.task`` names.
     """
 
     def __init__(self, cfg: Config, *, datasets: Optional[dict] = None, progress: bool = True,
-                 splits=("train", "val")):
+                 splits=("train", "val"), task: Optional[Task] = None):
         self.cfg = cfg
         self.dist: DistInfo = init_distributed(cfg.train.device, cfg.train.dist_timeout)
         self.device = self.dist.device
@@ -167,13 +91,15 @@ class Trainer:
         for split in splits:
             if split not in self.datasets and getattr(cfg.data, f"{split}_list"):
                 self.datasets[split] = build_dataset(cfg, split)
+        self.datasets = {k: (ds, LabelSpace.from_parser(lab)) for k, (ds, lab) in self.datasets.items()}
         ref = next(iter(self.datasets.values()), None)
-        self.class_names = list(ref[1]) if ref else None
-        # Epic-Kitchens parsers give (verb names, noun names): one head over both, split in the loss
-        self.multi_head = bool(self.class_names) and isinstance(self.class_names[0], (list, tuple))
-        num_classes = cfg.model.num_classes or self._num_classes()
-        self._check_labels(num_classes)
-        self.model = self._build_model(num_classes)
+        if ref is None and not cfg.model.num_classes:
+            raise ValueError("model.num_classes is not set and there is no dataset to count classes from")
+        self.labels: LabelSpace = ref[1] if ref else LabelSpace.single(str(i) for i in range(cfg.model.num_classes))
+        self.task = task if task is not None else build_task(cfg, self.labels)
+        for split, (ds, _) in self.datasets.items():
+            self.task.check_labels(getattr(ds, "samples", ()), split)
+        self.model = build_model(cfg, self.task.num_outputs(), self.device)
         self.ema = None
         if cfg.train.ema_decay:  # after the pretrained weights are in (create_model loaded them)
             from timm.utils import ModelEmaV3
@@ -202,6 +128,12 @@ class Trainer:
             log.warning("train.amp=fp16 on %s: runs, with loss scaling, but slowly; bf16 is the CPU choice",
                         self.device.type)
 
+    @property
+    def class_names(self):
+        """The class names (one head) or ``[verbs, nouns]``: :attr:`labels` says which."""
+        names = [list(n) for n in self.labels.names]
+        return names if self.labels.multi_head else names[0]
+
     def _read_resume_state(self) -> Optional[dict]:
         """The state in ``output_dir/last.pt`` if this run continues it; refused when its config differs."""
         path = self.out / "last.pt"
@@ -221,67 +153,12 @@ class Trainer:
                 "train.output_dir; to replace it, start over with train.resume=false (tada train --overwrite)")
         return state
 
-    def _check_labels(self, num_classes: int) -> None:
-        """Every annotated label must fit the head: caught here, not as an index error in hour three."""
-        sizes = ([len(c) for c in self.class_names] if self.multi_head else None) if self.class_names else None
-        for split, (ds, _) in self.datasets.items():
-            for s in getattr(ds, "samples", ()):
-                lab = s.label
-                if split != "train" and lab == -1:  # unlabelled test entries (SSV2 test, empty CSV labels)
-                    continue
-                bad = (any(not 0 <= int(v) < n for v, n in zip(lab, sizes)) if sizes and isinstance(lab, (tuple, list))
-                       else not isinstance(lab, (tuple, list)) and not 0 <= int(lab) < num_classes)
-                if bad:
-                    raise ValueError(
-                        f"{split} sample {s.path} has label {lab}, outside the {sizes or num_classes} classes of "
-                        "the model; fix the annotation list, data.class_names or model.num_classes")
-
-    def _num_classes(self):
-        if self.class_names is None:
-            raise ValueError("model.num_classes is not set and there is no dataset to count classes from")
-        if self.multi_head:
-            return sum(len(c) for c in self.class_names)
-        return len(self.class_names)
-
-    def _build_model(self, num_classes: int) -> nn.Module:
-        m = self.cfg.model
-        kwargs = dict(m.kwargs)
-        if m.drop_path_rate:
-            kwargs["drop_path_rate"] = m.drop_path_rate
-        kwargs.setdefault("drop_rate", m.drop_rate)
-        model = create_model(m.name, pretrained=m.pretrained, num_classes=num_classes, **kwargs)
-        if self.cfg.train.grad_checkpoint:
-            model.set_grad_checkpointing(True)
-        return model.to(self.device)
-
     def _autocast(self):
-        amp = self.cfg.train.amp
-        if amp == "none":
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+        return autocast_for(self.cfg, self.device)()
 
     def _loader(self, ds, *, train: bool, skip_batches: int = 0, epoch: int = 0) -> DataLoader:
-        d = self.cfg.data
-        sampler = DistributedSampler(ds, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=train,
-                                     seed=self.cfg.train.seed, drop_last=train)
-        sampler.set_epoch(epoch)
-        if skip_batches:
-            sampler = _SkipSampler(sampler, skip_batches * d.batch_size)
-        g = torch.Generator().manual_seed(self.cfg.train.seed * 1000 + epoch)
-        return DataLoader(ds, batch_size=d.batch_size, sampler=sampler, num_workers=d.num_workers,
-                          collate_fn=D.collate_views, drop_last=train, generator=g,
-                          worker_init_fn=_ignore_stop_signals if d.num_workers else None,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False)
-
-    # -- loss ----------------------------------------------------------------------------------
-    def _loss(self, logits, batch):
-        y = batch["label"].to(self.device)
-        if self.multi_head:
-            nv = len(self.class_names[0])
-            ls = self.cfg.train.label_smoothing
-            return (F.cross_entropy(logits[:, :nv].float(), y[:, 0], label_smoothing=ls)
-                    + F.cross_entropy(logits[:, nv:].float(), y[:, 1], label_smoothing=ls))
-        return torch.sum(-batch["target"] * F.log_softmax(logits.float(), dim=1), dim=1).mean()
+        return build_loader(self.cfg, ds, train=train, rank=self.dist.rank, world_size=self.dist.world_size,
+                            skip_batches=skip_batches, epoch=epoch, device=self.device)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
@@ -298,9 +175,6 @@ class Trainer:
         lr = scaled_lr(cfg.optim, global_batch)
         self.optimizer = build_optimizer(self.model, cfg.optim, lr)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, steps_per_epoch)
-        num_classes = self.model.num_classes
-        self.mixup = None if self.multi_head else TF.build_mixup(
-            cfg.train.mixup_alpha, cfg.train.cutmix_alpha, cfg.train.label_smoothing, num_classes)
         self._maybe_resume()
         self._install_signal_handlers()
         writer = self._tensorboard()
@@ -321,11 +195,13 @@ class Trainer:
                 new_best = False
                 if "val" in self.datasets and (self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.optim.epochs):
                     res = self.evaluate(self.datasets["val"][0])
-                    row.update(val_top1=res.top1, val_top5=res.top5, val_mean_class_acc=res.mean_class_acc)
+                    row.update({f"val_{k}": v for k, v in self.task.metrics(res).items()})
                     if self.ema is not None:
-                        row["val_top1_ema"] = self.evaluate(self.datasets["val"][0], model=self.ema.module).top1
-                    if res.top1 > self.best:
-                        self.best, new_best = res.top1, True
+                        ema_res = self.evaluate(self.datasets["val"][0], model=self.ema.module)
+                        row.update({f"val_{k}_ema": v for k, v in list(self.task.metrics(ema_res).items())[:1]})
+                    score = self.task.score(res)
+                    if score > self.best:
+                        self.best, new_best = score, True
                 self.history.append(row)
                 self._log_epoch(row, writer)
                 # last.pt first: a full disk while writing best.pt must not cost the epoch's resume point
@@ -382,8 +258,7 @@ class Trainer:
             x = batch["video"].to(self.device, non_blocking=True)
             if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
-            if self.mixup is not None:
-                x, batch["target"] = self.mixup(x, batch["label"].to(self.device))
+            x, batch = self.task.prepare(x, batch)
             sync = (micro + 1) % accum == 0
             ctx = self.ddp.no_sync() if (is_distributed() and not sync) else nullcontext()
             # DDP syncs in forward (buffers, bucket rebuilds) and backward (gradients): a lost rank fails here
@@ -391,7 +266,7 @@ class Trainer:
             with ctx, peers:
                 with self._autocast():
                     logits = self.forward_model(x)
-                loss = self._loss(logits, batch)
+                loss = self.task.loss(logits, batch)
                 if not torch.isfinite(loss):
                     path = self._save(f"nan_step{self.step}.pt")
                     raise FloatingPointError(
@@ -443,37 +318,10 @@ class Trainer:
         return float(all_reduce_mean(mean))
 
     # -- evaluation ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, ds, *, model: Optional[nn.Module] = None) -> EvalResult:
-        model = model if model is not None else self.model
-        was = model.training
-        model.eval()
-        if self.multi_head:
-            nv = len(self.class_names[0])
-            acc = ViewAccumulator((nv, model.num_classes - nv), heads=("verb", "noun"))
-        else:
-            acc = ViewAccumulator(model.num_classes)
-        loader = self._loader(ds, train=False)
-        it = loader
-        if self.progress:
-            from tqdm import tqdm
-
-            it = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
-        for batch in it:
-            x = batch["video"].to(self.device)
-            with self._autocast():
-                logits = model(x).float()
-            labels = batch["label"]
-            if self.multi_head:
-                logits, labels = (logits[:, :nv], logits[:, nv:]), (labels[:, 0], labels[:, 1])
-            acc.add(logits, labels, batch["index"], batch["view"], batch["valid"])
-        with collective("gathering evaluation results"):
-            acc.gather()
-        model.train(was)
-        res = acc.summarise(with_confusion=True)
-        if res.invalid:
-            log.warning("%d videos could not be read and were excluded from the evaluation", len(res.invalid))
-        return res
+    def evaluate(self, ds, *, model: Optional[nn.Module] = None):
+        """The task's evaluation result of ``model`` (default: the trained one) on dataset ``ds``."""
+        return evaluate(model if model is not None else self.model, self._loader(ds, train=False), self.task,
+                        device=self.device, autocast=autocast_for(self.cfg, self.device), progress=self.progress)
 
     # -- checkpoints, logs ---------------------------------------------------------------------
     def _save(self, name: str, metrics: Optional[dict] = None) -> Path:
@@ -482,7 +330,7 @@ class Trainer:
             save_checkpoint(path, model=self.model, optimizer=getattr(self, "optimizer", None),
                             scheduler=getattr(self, "scheduler", None), ema=self.ema, scaler=self.scaler,
                             epoch=self.epoch, step=self.step, config=to_dict(self.cfg),
-                            class_names=self.class_names, metrics=metrics,
+                            class_names=self.class_names, labels=self.labels.to_json(), metrics=metrics,
                             extra={"batch_in_epoch": self.batch_in_epoch, "best": self.best,
                                    "history": self.history, "unreadable": sorted(self.unreadable)})
         barrier(f"waiting for rank 0 to write {name}")
@@ -602,27 +450,10 @@ class Trainer:
 
     def load_weights(self, checkpoint, *, ema: bool = False) -> None:
         """Model weights from a training checkpoint (``ema=True``: its EMA weights)."""
-        state = load_checkpoint(checkpoint)
-        key = "model_ema_state" if ema else "model_state"
-        if key not in state:
-            raise ValueError(f"{checkpoint} has no {key!r}")
-        try:
-            self.model.load_state_dict(state[key])
-        except RuntimeError as e:
-            raise ValueError(f"{checkpoint} does not fit model {self.cfg.model.name!r}: "
-                             f"{str(e).splitlines()[0]}") from e
+        load_weights(self.model, checkpoint, ema=ema, name=self.cfg.model.name)
 
-    def write_report(self, res: EvalResult, name: str = "test") -> Dict[str, str]:
-        """Per-class CSV, JSON summary and plots for an evaluation result."""
+    def write_report(self, res, name: str = "test") -> Dict[str, str]:
+        """The task's files for an evaluation result (per-class CSV, JSON summary, plots, ...)."""
         if not self.dist.is_main:
             return {}
-        names = None if self.multi_head else self.class_names
-        out = {"per_class_csv": str(write_per_class_csv(self.out / f"{name}_per_class.csv", res, names))}
-        summary = {"top1": res.top1, "top5": res.top5, "mean_class_acc": res.mean_class_acc,
-                   "videos": res.num_videos, "views": res.num_views, "unreadable": len(res.invalid), **res.extra}
-        (self.out / f"{name}_results.json").write_text(json.dumps(summary, indent=1))
-        out["results_json"] = str(self.out / f"{name}_results.json")
-        from .plots import plot_run
-
-        out.update(plot_run(self.out, self.history, res, names))
-        return out
+        return self.task.write(res, self.out, name, self.history)

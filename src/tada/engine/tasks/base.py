@@ -1,0 +1,94 @@
+"""The task interface: what a batch means to the loss and to the metrics. The training loop
+(:class:`~tada.engine.trainer.Trainer`) and the evaluator (:func:`~tada.engine.evaluate.evaluate`) call
+only these methods, so they know nothing about labels.
+
+A batch is the dict :func:`tada.data.collate_views` makes (``video``, ``label``, ``index``, ``view``,
+``valid``, ``replaced``); a task may read any of it. ``outputs`` is what the model returns for
+``batch["video"]`` (``(B, num_outputs())``).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Dict, Optional, Protocol, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ...data.labels import LabelSpace
+
+__all__ = ["Task", "Accumulator"]
+
+
+class Accumulator(Protocol):
+    """Collects evaluation outputs batch by batch (``add``), across ranks (``gather``), then gives one
+    result object (``result``) that the task's ``metrics`` / ``score`` / ``summary`` / ``write`` read."""
+
+    def add(self, outputs: Tensor, batch: Dict[str, Any]) -> None: ...
+
+    def gather(self) -> None: ...
+
+    def result(self) -> Any: ...
+
+
+class Task:
+    """Subclass, set ``name`` (and ``Options``, a dataclass of the task's own ``task.kwargs``), register it
+    with :func:`~tada.engine.tasks.register_task`, and implement ``loss`` and ``accumulator`` (and
+    ``metrics`` / ``score`` / ``summary`` / ``write`` for what its evaluation reports)."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[Optional[type]] = None
+
+    def __init__(self, labels: LabelSpace, cfg, options=None):
+        self.labels, self.cfg, self.options = labels, cfg, options
+
+    # -- the model ------------------------------------------------------------------------------
+    def num_outputs(self) -> int:
+        """Width of the model's head."""
+        return self.cfg.model.num_classes or self.labels.num_classes
+
+    def check_labels(self, samples: Sequence, split: str) -> None:
+        """Refuse annotated labels outside the label space (called when the run is built)."""
+        for s in samples:
+            if split != "train" and s.label == -1:  # unlabelled test entries (SSV2 test, empty CSV labels)
+                continue
+            if not self.label_fits(s.label):
+                space = list(self.labels.sizes) if self.labels.multi_head else self.num_outputs()
+                raise ValueError(f"{split} sample {s.path} has label {s.label}, outside the {space} classes of "
+                                 "the model; fix the annotation list, data.class_names or model.num_classes")
+
+    def label_fits(self, label) -> bool:
+        return self.labels.fits(label)
+
+    # -- training -------------------------------------------------------------------------------
+    def prepare(self, x: Tensor, batch: Dict[str, Any]) -> Tuple[Tensor, Dict[str, Any]]:
+        """Batch-level training augmentation (e.g. mixup) on the input on its device; default: none."""
+        return x, batch
+
+    def loss(self, outputs: Tensor, batch: Dict[str, Any]) -> Tensor:
+        raise NotImplementedError
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def accumulator(self) -> Accumulator:
+        raise NotImplementedError
+
+    def metrics(self, result) -> Dict[str, float]:
+        """Numbers for the epoch log (``val_<key>``)."""
+        return {}
+
+    def score(self, result) -> float:
+        """Higher is better: the epoch with the best score is kept as ``best.pt``."""
+        return float("nan")
+
+    def summary(self, result) -> str:
+        return ", ".join(f"{k} {v:.4g}" for k, v in self.metrics(result).items())
+
+    def write(self, result, out, name: str = "test", history: Sequence[dict] = ()) -> Dict[str, str]:
+        """Files for an evaluation result in folder ``out``; returns ``{what: path}``."""
+        return {}
+
+    @staticmethod
+    def labels_on(batch: Dict[str, Any], device) -> Tensor:
+        return batch["label"].to(device)
+
+
+def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    return torch.sum(-target * torch.log_softmax(logits.float(), dim=1), dim=1).mean()
