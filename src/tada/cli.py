@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu")
     predict.set_defaults(func=_predict)
 
+    sub.add_parser("extract", add_help=False,
+                   help="features of every video for temporal action localisation (see `tada extract --help`)")
     demo = sub.add_parser("demo", help="the default job: synthetic data, TSN vs TAda2D, comparison table",
                           add_help=False)
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
@@ -300,6 +302,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from tada.engine.demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[:1] == ["extract"]:  # its own parser: options and KEY=VALUE overrides in any order
+        from tada.engine.extract import main as extract_main
+
+        return extract_main(argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # KEY=VALUE overrides given after an option (e.g. after --checkpoint CKPT)

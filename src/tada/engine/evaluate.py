@@ -1,5 +1,7 @@
-"""The one evaluator: a model over a loader, every batch handed to the task's accumulator, results
-gathered across ranks. ``tada train`` (validation), ``tada test`` and ``tada extract`` use it."""
+"""The one evaluator: :func:`run_model` runs a model over a loader (eval mode, no gradients, autocast)
+and hands every batch's outputs on; :func:`evaluate` hands them to the task's accumulator and gathers
+the results across ranks. ``tada train`` (validation), ``tada test`` and ``tada extract`` (pooled
+features instead of logits) all run their models through it."""
 from __future__ import annotations
 
 import logging
@@ -17,9 +19,12 @@ log = logging.getLogger("tada.eval")
 
 
 def run_model(model: nn.Module, loader, on_batch: Callable, *, device, autocast: Callable = nullcontext,
-              forward: Optional[Callable] = None, progress: bool = False, desc: str = "eval") -> None:
-    """``on_batch(outputs (float), batch)`` for every batch of ``loader``, in eval mode without gradients
-    (the model's train/eval mode is restored). ``forward(model, x)`` replaces ``model(x)`` (e.g. features)."""
+              forward: Optional[Callable] = None, inputs: Optional[Callable] = None, progress: bool = False,
+              desc: str = "eval") -> None:
+    """``on_batch(outputs, batch)`` for every batch of ``loader``, in eval mode without gradients (the
+    model's mode is restored afterwards). ``inputs(batch)`` gives the model's input (default:
+    ``batch["video"]``), or None to skip the model for that batch (``on_batch(None, batch)``);
+    ``forward(model, x)`` replaces ``model(x).float()`` (e.g. pooled features)."""
     was = model.training
     model.eval()
     it = loader
@@ -30,10 +35,14 @@ def run_model(model: nn.Module, loader, on_batch: Callable, *, device, autocast:
     try:
         with torch.no_grad():
             for batch in it:
-                x = batch["video"].to(device)
+                x = inputs(batch) if inputs is not None else batch["video"]
+                if x is None:
+                    on_batch(None, batch)
+                    continue
+                x = x.to(device, non_blocking=True)
                 with autocast():
-                    out = forward(model, x) if forward is not None else model(x)
-                on_batch(out.float(), batch)
+                    out = forward(model, x) if forward is not None else model(x).float()
+                on_batch(out, batch)
     finally:
         model.train(was)
 
