@@ -330,3 +330,16 @@ def test_help_config_comment_and_stop_message_agree_on_resuming(capsys):
     src = inspect.getsource(config.TrainConfig)
     assert "true: continue from output_dir/last.pt" in src and "false (or `tada train --overwrite`): start over" in src
     assert config.TrainConfig().resume is True
+
+
+def test_expected_failures_are_one_line_unless_tada_debug(tmp_path, monkeypatch, capsys):
+    from tada.engine.config import ConfigError
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim:\n  accum_steps: 0\n")
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tada train: error: optim.accum_steps=0: must be >= 1") and len(err.splitlines()) == 1
+    monkeypatch.setenv("TADA_DEBUG", "1")
+    with pytest.raises(ConfigError, match="optim.accum_steps=0"):
+        main(["train", str(cfg)])
