@@ -54,26 +54,11 @@ def video_dir(tmp_path_factory) -> Path:
     (root / "bad" / "truncated.mp4").write_bytes(data[: int(len(data) * 0.4)])
     (root / "bad" / "text.mp4").write_text("this is not a video\n" * 20)
     # moov atom first (faststart), then the media data cut short: the header opens, decoding fails.
-    _write_faststart(root / "cut.mp4", textured_frames(9, frames=60))
+    write_video(root / "cut.mp4", textured_frames(9, frames=60), faststart=True)
     data = (root / "cut.mp4").read_bytes()
     (root / "bad" / "cut.mp4").write_bytes(data[: int(len(data) * 0.4)])
     (root / "cut.mp4").unlink()
     return root
-
-
-def _write_faststart(path: Path, frames: np.ndarray) -> None:
-    import av
-
-    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as c:
-        s = c.add_stream("libx264", rate=30, options={"threads": "1"})
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
-            vf.pts = i
-            for packet in s.encode(vf):
-                c.mux(packet)
-        for packet in s.encode(None):
-            c.mux(packet)
 
 
 GOOD = [f"good/{'ab'[i % 2]}_{i}.mp4" for i in range(6)]

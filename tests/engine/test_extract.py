@@ -43,22 +43,6 @@ def moving(seed: int, frames: int, h: int = 48, w: int = 64) -> np.ndarray:
     return np.stack([np.roll(base, 2 * t, axis=1) for t in range(frames)])
 
 
-def _write_faststart(path: Path, frames: np.ndarray, fps: int = 25) -> None:
-    """An MP4 with its index first, so that a copy cut short still opens and fails only mid-stream."""
-    import av
-
-    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as c:
-        s = c.add_stream("libx264", rate=fps, options={"threads": "1"})
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
-            vf.pts = i
-            for p in s.encode(vf):
-                c.mux(p)
-        for p in s.encode(None):
-            c.mux(p)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Videos at 25 fps (extracted on a 30 or 60 fps timeline), checkpoints of two mini models, a config."""
@@ -75,7 +59,7 @@ def data(tmp_path_factory):
     (root / "many.txt").write_text("".join(f"videos/r{i:02d}.mp4\n" for i in range(12)))
     # broken files
     (root / "videos" / "garbage.mp4").write_bytes(os.urandom(3000))
-    _write_faststart(root / "full.mp4", moving(9, 120))
+    write_video(root / "full.mp4", moving(9, 120), fps=25, faststart=True)
     blob = (root / "full.mp4").read_bytes()
     (root / "videos" / "cut.mp4").write_bytes(blob[: len(blob) // 2])  # opens; decoding fails half way
     ckpts = {}

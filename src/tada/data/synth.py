@@ -303,14 +303,17 @@ def render_clip(class_name: str, seed: Union[int, Sequence[int], np.random.Gener
     return clip if _FORWARD[class_name] == class_name else _reverse(clip)
 
 
-def write_video(path: Union[str, Path], frames: np.ndarray, *, fps: int = 30, crf: int = 18) -> None:
-    """Write uint8 (T, H, W, 3) RGB frames as H.264 (libx264, yuv420p) in an .mp4, deterministically."""
+def write_video(path: Union[str, Path], frames: np.ndarray, *, fps: int = 30, crf: int = 18,
+                faststart: bool = False) -> None:
+    """Write uint8 (T, H, W, 3) RGB frames as H.264 (libx264, yuv420p) in an .mp4, deterministically.
+    ``faststart``: the index (moov) first, as for streaming; a copy cut short then still opens and
+    fails only mid-stream."""
     import av
 
     T, H, W, _ = frames.shape
     if H % 2 or W % 2:
         raise ValueError(f"yuv420p needs even frame sizes, got {W}x{H}")
-    with av.open(str(path), mode="w", format="mp4") as container:
+    with av.open(str(path), mode="w", format="mp4", options={"movflags": "faststart"} if faststart else {}) as container:
         stream = container.add_stream(
             "libx264", rate=Fraction(int(fps), 1),
             # With the macroblock-tree lookahead on, x264 (threads=1 or not) now and then wrote different
