@@ -7,7 +7,6 @@ Runs that need signals are real ``tada train`` processes (one or two gloo ranks,
 wait is bounded, so a returning hang fails the test instead of holding it.
 """
 import csv
-import errno
 import os
 import signal
 import socket

@@ -21,7 +21,6 @@ counted in the result of :meth:`Trainer.fit`.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -39,7 +38,7 @@ from ..data.labels import LabelSpace
 from .build import autocast_for, build_dataset, build_loader, build_model, load_weights, test_transforms
 from .checkpoint import config_diff, load_checkpoint, remove_partial_writes, save_checkpoint, set_rng_state
 from .config import Config, to_dict
-from .distributed import (DistInfo, all_reduce_mean, all_reduce_sum, any_rank, barrier, collective, init_distributed,
+from .distributed import (DistInfo, all_reduce_mean, any_rank, barrier, collective, init_distributed,
                           is_distributed)
 from .evaluate import evaluate
 from .optim import build_optimizer, build_scheduler, scaled_lr
@@ -189,7 +188,6 @@ class Trainer:
                 train_loss = self._train_epoch(loader, steps_per_epoch, total_steps, writer)
                 self.epoch += 1
                 self.batch_in_epoch = 0
-                val_row = {}
                 row = {"epoch": self.epoch, "train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
                        "time": time.time() - t_start}
                 new_best = False
