@@ -342,3 +342,49 @@ def test_expected_failures_are_one_line_unless_tada_debug(tmp_path, monkeypatch,
     monkeypatch.setenv("TADA_DEBUG", "1")
     with pytest.raises(ConfigError, match="optim.accum_steps=0"):
         main(["train", str(cfg)])
+
+
+class _NaNOn(torch.utils.data.Dataset):
+    def __init__(self, ds, poison):
+        self.ds, self.poison = ds, poison
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        item = self.ds[i]
+        if self.poison:
+            item["video"] = item["video"] * float("nan")
+        return item
+
+
+def _nan_worker(rank, world, port, synth, out):
+    from tada.engine.trainer import build_dataset
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = load_config(None, _args(synth, out, "train.dist_timeout=20"))
+    ds, labels = build_dataset(cfg, "train")
+    tr = Trainer(cfg, datasets={"train": (_NaNOn(ds, poison=rank == 1), labels)}, progress=False)
+    try:
+        tr.fit()
+        what = "no error"
+    except Exception as e:  # noqa: BLE001 - the test reads what each rank raised
+        what = f"{type(e).__name__}: {e}"
+    Path(out, f"rank{rank}.txt").write_text(what)
+    torch.distributed.destroy_process_group()
+
+
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(synth, tmp_path):
+    """Rank 1's loss is NaN, rank 0's is not: both stop with FloatingPointError at step 0 (rank 0 would
+    otherwise wait in the gradient all-reduce while rank 1 waits in the checkpoint barrier)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "nan"
+    out.mkdir()
+    mp.spawn(_nan_worker, args=(2, _free_port(), str(synth), str(out)), nprocs=2, join=True)
+    r0, r1 = (out / "rank0.txt").read_text(), (out / "rank1.txt").read_text()
+    assert r1.startswith("FloatingPointError: loss is nan at step 0"), r1
+    assert r0.startswith("FloatingPointError: the loss of another rank is not finite at step 0"), r0
+    assert (out / "nan_step0.pt").exists()

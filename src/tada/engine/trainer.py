@@ -209,7 +209,7 @@ class Trainer:
                 if cfg.train.save_every and self.epoch % cfg.train.save_every == 0:
                     self._save(f"epoch_{self.epoch}.pt", metrics=row)
                 if self.epoch < cfg.optim.epochs and any_rank(self._stop_signal is not None, self.device):
-                    self._stop(self._stop_signal or "SIGTERM", saved=self.out / "last.pt")
+                    self._stop(self._stop_signal or "a signal to another rank", saved=self.out / "last.pt")
         finally:
             if writer is not None:
                 writer.close()
@@ -265,10 +265,12 @@ class Trainer:
                 with self._autocast():
                     logits = self.forward_model(x)
                 loss = self.task.loss(logits, batch)
-                if not torch.isfinite(loss):
+                finite = bool(torch.isfinite(loss))
+                if any_rank(not finite, self.device, "agreeing on whether a loss is NaN"):  # all ranks stop
                     path = self._save(f"nan_step{self.step}.pt")
+                    where = f"loss is {loss.item()}" if not finite else "the loss of another rank is not finite"
                     raise FloatingPointError(
-                        f"loss is {loss.item()} at step {self.step} (epoch {self.epoch + 1}, batch "
+                        f"{where} at step {self.step} (epoch {self.epoch + 1}, batch "
                         f"{self.batch_in_epoch + 1}); checkpoint saved to {path}. Lower optim.lr, set "
                         "optim.clip_grad, or check the data")
                 scaled = loss / accum
