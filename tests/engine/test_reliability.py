@@ -183,6 +183,7 @@ def test_a_frozen_or_dead_rank_stops_the_others_within_the_timeout(synth, tmp_pa
     err = [ln for ln in text.splitlines() if ln.startswith("tada train: error:")]
     assert len(err) == 1 and "Traceback" not in text, text
     assert "rank 0 of 2:" in err[0] and "another rank died or did not answer within train.dist_timeout=5 s" in err[0]
+    assert "; rank 1 stopped answering (heartbeat stopped)" in err[0], err[0]
 
 
 # -- never silently throw work away ------------------------------------------------------------------

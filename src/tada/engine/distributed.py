@@ -2,13 +2,16 @@
 
 Every collective the engine makes goes through :func:`collective`, which turns a peer that died or
 stopped answering (``train.dist_timeout`` seconds, passed to ``init_process_group``) into a
-:class:`DistributedError` that names this rank, what it was doing and what to do, instead of a hang or
-a backend traceback. :func:`any_rank` is the collective stop flag: one rank's signal stops all.
+:class:`DistributedError` that names this rank, what it was doing, the ranks whose heartbeat (a counter each
+rank's thread bumps in the rendezvous store) stopped, and what to do, instead of a hang or a
+backend traceback. :func:`any_rank` is the collective stop flag: one rank's signal stops all.
 """
 from __future__ import annotations
 
 import datetime
 import os
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -36,6 +39,64 @@ class DistInfo:
 
 
 _TIMEOUT = [1800.0]
+
+
+class _Heartbeat:
+    """Liveness of every rank, for naming the ones that stop answering: a daemon thread of each rank
+    bumps a counter in the rendezvous store (a client of the ``TCPStore`` at ``MASTER_ADDR:MASTER_PORT``
+    that torchrun or rank 0 hosts) every ``period`` seconds, also while its main thread waits in a
+    collective. A frozen (SIGSTOP) or dead rank's counter stops moving."""
+
+    def __init__(self, rank: int, world: int, period: float = 0.5):
+        self.rank, self.world, self.period = rank, world, period
+        self._stop = threading.Event()
+        try:
+            self.reader = self._client()
+            writer = self._client()
+        except (KeyError, ValueError, RuntimeError):  # another rendezvous (e.g. file://): no names then
+            self.reader = None
+            return
+        threading.Thread(target=self._beat, args=(writer,), daemon=True, name="tada-heartbeat").start()
+
+    @staticmethod
+    def _client():
+        return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                             timeout=datetime.timedelta(seconds=10), wait_for_workers=False)
+
+    def _beat(self, store) -> None:
+        n = 0
+        while not self._stop.wait(self.period):
+            n += 1
+            try:
+                store.set(f"tada/heartbeat/{self.rank}", str(n))
+            except RuntimeError:  # the store is gone (rank 0 or the launcher died): nothing left to say
+                return
+
+    def _counters(self):
+        keys = [f"tada/heartbeat/{r}" for r in range(self.world)]
+        return [int(self.reader.get(k)) if self.reader.check([k]) else -1 for k in keys]
+
+    def lost_ranks(self) -> str:
+        """``"; rank 1 stopped answering (its heartbeat stopped)"``, or why the ranks cannot be told."""
+        if self.reader is None:
+            return ""
+        try:
+            self.reader.set_timeout(datetime.timedelta(seconds=5))
+            before = self._counters()
+            time.sleep(4 * self.period)
+            after = self._counters()
+        except RuntimeError:
+            return "; the rendezvous store is unreachable too, so rank 0's host (or the launcher) is down"
+        lost = [r for r in range(self.world) if r != self.rank and after[r] == before[r]]
+        if not lost:
+            return "; every rank's heartbeat is alive, so one is stuck (a deadlock or a hung data loader)"
+        return "; " + ", ".join(f"rank {r}" for r in lost) + " stopped answering (heartbeat stopped)"
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+_HEARTBEAT: list = [None]
 
 
 def is_distributed() -> bool:
@@ -67,6 +128,7 @@ def init_distributed(device: str = "auto", timeout: float = 1800.0) -> DistInfo:
         with collective("joining the process group (init_process_group)"):
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world,
                                     timeout=datetime.timedelta(seconds=timeout))
+        _HEARTBEAT[0] = _Heartbeat(rank, world)
     return DistInfo(rank, world, local, dev)
 
 
@@ -84,10 +146,11 @@ def collective(what: str):
         rank = os.environ.get("RANK", "?")
         world = os.environ.get("WORLD_SIZE", "?")
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        lost = _HEARTBEAT[0].lost_ranks() if _HEARTBEAT[0] is not None else ""
         raise DistributedError(
             f"rank {rank} of {world}: {what} failed because another rank died or did not answer within "
-            f"train.dist_timeout={_TIMEOUT[0]:g} s ({first}). This rank stops too; see the other ranks' logs "
-            "for the first error, then run the same command again to resume from the last checkpoint"
+            f"train.dist_timeout={_TIMEOUT[0]:g} s ({first}){lost}. This rank stops too; see the other ranks' "
+            "logs for the first error, then run the same command again to resume from the last checkpoint"
         ) from e
 
 
@@ -137,3 +200,6 @@ def any_rank(flag: bool, device: torch.device = torch.device("cpu"), what: str =
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()
+    if _HEARTBEAT[0] is not None:
+        _HEARTBEAT[0].close()
+    _HEARTBEAT[0] = None
