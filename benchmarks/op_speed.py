@@ -14,7 +14,13 @@ forward-only (no autograd) and forward+backward (grads for input, weight, alpha,
 fresh process, the peak memory of one forward+backward: bytes autograd saves for backward and the
 growth of the process's peak RSS (CPU) or peak allocated memory (CUDA).
 
+With ``--conv3d`` it measures TAdaConv3d instead, at the 3x3x3 convs of an R3D-R50 (res2-res5 at
+8 frames of a 256² input: 64ch@64², 128ch@32², 256ch@16², 512ch@8², batch 1), cal_dim "cin" and
+"cout": ``plain`` F.conv3d, ``fast`` tada_conv3d(impl="fast"), ``grouped`` tada_conv3d(impl="grouped")
+(per-output-frame kernels, the release's method), all on a contiguous (B, C, T, H, W) input.
+
     python benchmarks/op_speed.py [--json results/op_speed.json] [--device cuda --dtype bf16]
+    python benchmarks/op_speed.py --conv3d [--json results/op_speed3d.json]
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ import torch.nn.functional as F
 
 from _common import machine_info, peak_memory_growth, sync
 from tada.nn.functional import tada_conv2d
+from tada.nn.functional3d import tada_conv3d
 from tada.utils import tune_cpu_allocator
 
 
@@ -70,11 +77,37 @@ def model_shapes():
     return shapes
 
 
+@dataclass(frozen=True)
+class Shape3d:
+    model: str
+    layer: str
+    channels: int
+    size: int  # input H = W
+    kernel: int  # kt = kh = kw
+    stride: int
+    frames: int
+    batch: int
+    cal_dim: str
+
+
+def conv3d_shapes():
+    # R3D-R50 at 8 frames of 256²: the 3x3x3 convs of res2-res5 (bottleneck widths 64..512 at
+    # 64², 32², 16², 8²), stride 1, "same" padding; each with cal_dim "cin" and "cout".
+    shapes = []
+    for width, size in ((64, 64), (128, 32), (256, 16), (512, 8)):
+        for cal_dim in ("cin", "cout"):
+            shapes.append(Shape3d("R3D-R50", f"{width}ch 3x3x3 {cal_dim}", width, size, 3, 1, 8, 1, cal_dim))
+    return shapes
+
+
 IMPLS = ("plain", "fast", "fast_nc", "grouped")
+IMPLS_3D = ("plain", "fast", "grouped")
 
 
 class Case:
     """Tensors and callables for one shape, on one device and dtype."""
+
+    impls = IMPLS
 
     def __init__(self, s: Shape, device, dtype, seed=0):
         torch.manual_seed(seed)
@@ -120,14 +153,57 @@ class Case:
             if p is not None:
                 p.grad = None
 
+    def inputs(self):
+        return (self.x_frames, self.x_fm, self.x_nc, self.weight, self.alpha)
+
+
+class Case3d:
+    """TAdaConv3d vs Conv3d for one R3D shape: contiguous (B, C, T, H, W) input, as nn.Conv3d sees it."""
+
+    impls = IMPLS_3D
+
+    def __init__(self, s: Shape3d, device, dtype, seed=0):
+        torch.manual_seed(seed)
+        kw = dict(device=device, dtype=dtype)
+        self.s = s
+        b, t, c, hw, k = s.batch, s.frames, s.channels, s.size, s.kernel
+        self.conv_kw = dict(stride=s.stride, padding=k // 2)
+        self.weight = (torch.randn(c, c, k, k, k, **kw) * 0.05).requires_grad_()
+        self.x = torch.randn(b, c, t, hw, hw, **kw).requires_grad_()
+        with torch.no_grad():
+            out = F.conv3d(self.x, self.weight, None, **self.conv_kw)
+        self.alpha = (1 + 0.1 * torch.randn(b, c, out.shape[2], **kw)).requires_grad_()
+        self.grad = torch.randn(out.shape, **kw)
+
+    def run(self, impl):
+        if impl == "plain":
+            return F.conv3d(self.x, self.weight, None, **self.conv_kw)
+        return tada_conv3d(self.x, self.weight, self.alpha, cal_dim=self.s.cal_dim, impl=impl, **self.conv_kw)
+
+    def forward(self, impl):
+        with torch.no_grad():
+            return self.run(impl)
+
+    def forward_backward(self, impl):
+        self.run(impl).backward(self.grad)
+        for p in (self.x, self.weight, self.alpha):
+            p.grad = None
+
+    def inputs(self):
+        return (self.x, self.weight, self.alpha)
+
+
+def make_case(s, device, dtype):
+    return Case3d(s, device, dtype) if isinstance(s, Shape3d) else Case(s, device, dtype)
+
 
 def time_shape(s: Shape, device, dtype, repeats, warmup):
-    case = Case(s, device, dtype)
+    case = make_case(s, device, dtype)
     results = {}
     for mode, fn in (("fwd", case.forward), ("fwd_bwd", case.forward_backward)):
-        samples = {impl: [] for impl in IMPLS}
+        samples = {impl: [] for impl in case.impls}
         for i in range(warmup + repeats):
-            for impl in IMPLS:  # interleaved: drift and thermal effects hit every impl alike
+            for impl in case.impls:  # interleaved: drift and thermal effects hit every impl alike
                 sync(device)
                 t0 = time.perf_counter()
                 fn(impl)
@@ -138,7 +214,7 @@ def time_shape(s: Shape, device, dtype, repeats, warmup):
     return results
 
 
-def _saved_bytes(case: Case, impl: str) -> int:
+def _saved_bytes(case, impl: str) -> int:
     storages = {}
 
     def pack(t):
@@ -149,14 +225,14 @@ def _saved_bytes(case: Case, impl: str) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = case.run(impl)
     del y
-    leaves = {p.untyped_storage().data_ptr() for p in (case.x_frames, case.x_fm, case.x_nc, case.weight, case.alpha)}
+    leaves = {p.untyped_storage().data_ptr() for p in case.inputs()}
     return sum(n for ptr, n in storages.items() if ptr not in leaves)  # activations only, not the inputs
 
 
 def memory_worker(shape: dict, impl: str, device: str, dtype: str):
     """Runs in a fresh process: (bytes saved for backward, peak memory growth) of one forward+backward."""
     dev, dt = torch.device(device), getattr(torch, dtype)
-    case = Case(Shape(**shape), dev, dt)
+    case = make_case(Shape3d(**shape) if "cal_dim" in shape else Shape(**shape), dev, dt)
     saved = _saved_bytes(case, impl)
     return saved, peak_memory_growth(lambda: case.forward_backward(impl), dev)
 
@@ -269,6 +345,68 @@ def _fmt_block_table(blocks):
     return "\n".join(lines)
 
 
+def _fmt_table_3d(rows, mem, tuned):
+    head = (
+        "| model | layer | C | in | fwd plain ms | fwd fast/plain | fwd grouped/fast | fwd+bwd plain ms "
+        "| fwd+bwd fast/plain | fwd+bwd grouped/fast |"
+    )
+    if tuned:
+        head += " tuned alloc: fwd+bwd plain ms | fast/plain fwd | fast/plain fwd+bwd | grouped/fast fwd+bwd |"
+    if mem:
+        head += " saved MB plain / fast / grouped | peak MB plain / fast / grouped |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for i, r in enumerate(rows):
+        f, fb = r["fwd"], r["fwd_bwd"]
+        line = (
+            f"| {r['model']} | {r['layer']} | {r['channels']} | {r['frames']}x{r['size']}² | {f['plain']:.2f} "
+            f"| {f['fast'] / f['plain']:.2f} | {f['grouped'] / f['fast']:.2f} | {fb['plain']:.2f} "
+            f"| {fb['fast'] / fb['plain']:.2f} | {fb['grouped'] / fb['fast']:.2f} |"
+        )
+        if tuned:
+            tf, tfb = tuned[i]["fwd"], tuned[i]["fwd_bwd"]
+            line += (
+                f" {tfb['plain']:.2f} | {tf['fast'] / tf['plain']:.2f} | {tfb['fast'] / tfb['plain']:.2f} "
+                f"| {tfb['grouped'] / tfb['fast']:.2f} |"
+            )
+        if mem:
+            m = mem[i]
+            mb = lambda impl, k: f"{m[impl][k] / 2**20:.1f}"  # noqa: E731
+            line += (
+                f" {mb('plain', 'saved')} / {mb('fast', 'saved')} / {mb('grouped', 'saved')} "
+                f"| {mb('plain', 'peak')} / {mb('fast', 'peak')} / {mb('grouped', 'peak')} |"
+            )
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _summary_3d(rows):
+    out = {}
+    for cal_dim in ("cin", "cout"):
+        sel = [r for r in rows if r["cal_dim"] == cal_dim]
+        deep = [r for r in sel if r["channels"] >= 256]  # res4, res5
+        if not sel:
+            continue
+        ratio = lambda r, mode: r[mode]["fast"] / r[mode]["plain"]  # noqa: E731
+        out[cal_dim] = {
+            "fast_over_plain_max_fwd": max(ratio(r, "fwd") for r in sel),
+            "fast_over_plain_max_fwd_bwd": max(ratio(r, "fwd_bwd") for r in sel),
+            "deep_fast_over_plain_max_fwd_bwd": max((ratio(r, "fwd_bwd") for r in deep), default=float("nan")),
+            "grouped_over_fast_fwd_bwd_median": statistics.median(
+                r["fwd_bwd"]["grouped"] / r["fwd_bwd"]["fast"] for r in sel
+            ),
+        }
+    return out
+
+
+def _print_summary_3d(label, sm):
+    for cal_dim, v in sm.items():
+        print(
+            f"{label} {cal_dim}: fast/plain max {v['fast_over_plain_max_fwd']:.2f} (fwd), "
+            f"{v['fast_over_plain_max_fwd_bwd']:.2f} (fwd+bwd), {v['deep_fast_over_plain_max_fwd_bwd']:.2f} "
+            f"(fwd+bwd, res4-res5); grouped/fast median {v['grouped_over_fast_fwd_bwd_median']:.2f} (fwd+bwd)"
+        )
+
+
 def _time_all(shapes, device, dtype, args, label):
     rows = []
     for s in shapes:
@@ -323,13 +461,17 @@ def main(argv=None):
     p.add_argument("--only", default=None, help="substring filter on model name")
     p.add_argument("--block", action="store_true",
                    help="also time BN->ReLU->conv blocks (dense shapes), eager and torch.compile'd")
+    p.add_argument("--conv3d", action="store_true",
+                   help="time TAdaConv3d at R3D-R50 shapes (instead of the TAdaConv2d rows)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     info = machine_info(device)
-    print(f"# TAdaConv operator speed: {info['device']}, torch {info['torch']}, {info['threads']} threads, {args.dtype}")
-    shapes = [s for s in model_shapes() if args.only is None or args.only in s.model]
+    op = "TAdaConv3d" if args.conv3d else "TAdaConv"
+    print(f"# {op} operator speed: {info['device']}, torch {info['torch']}, {info['threads']} threads, {args.dtype}")
+    all_shapes = conv3d_shapes() if args.conv3d else model_shapes()
+    shapes = [s for s in all_shapes if args.only is None or args.only in s.model]
 
     mem = {}
     if not args.no_memory:  # first, in fresh processes, before this process changes its allocator
@@ -344,6 +486,24 @@ def main(argv=None):
     tuned = []
     if device.type == "cpu" and not args.no_tuned and tune_cpu_allocator():
         tuned = _time_all(shapes, device, dtype, args, "tuned alloc")
+
+    if args.conv3d:
+        print()
+        print(_fmt_table_3d(rows, mem, tuned))
+        print()
+        summary = {"default_allocator": _summary_3d(rows)}
+        _print_summary_3d("default allocator", summary["default_allocator"])
+        if tuned:
+            summary["tuned_allocator"] = _summary_3d(tuned)
+            _print_summary_3d("tuned allocator  ", summary["tuned_allocator"])
+        if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump({"machine": info, "dtype": args.dtype, "repeats": args.repeats, "summary": summary,
+                           "rows": rows, "rows_tuned_allocator": tuned,
+                           "memory": {str(k): v for k, v in mem.items()}}, f, indent=1)
+            print(f"wrote {args.json}")
+        return 0
 
     blocks = []
     if args.block:

@@ -2,17 +2,22 @@
 
 Knows nothing about models, data or configs.
 """
-from . import functional
+from . import functional, functional3d
 from .aggregation import ChannelNorm, TemporalAggregation, temporal_pool
 from .functional import tada_conv2d
+from .functional3d import tada_conv3d
 from .layers import DropPath, drop_path
 from .routing import QuickGELU, RouteFuncAttn, RouteFuncMLP, quick_gelu
 from .tadaconv import TAdaConv2d
+from .tadaconv3d import TAdaConv3d
 
 __all__ = [
     "functional",
+    "functional3d",
     "tada_conv2d",
+    "tada_conv3d",
     "TAdaConv2d",
+    "TAdaConv3d",
     "RouteFuncMLP",
     "RouteFuncAttn",
     "TemporalAggregation",
