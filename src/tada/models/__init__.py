@@ -1,8 +1,9 @@
 """``tada.models``: the model zoo (one file per family), the registry and checkpoint loading."""
-from . import convnext, resnet, vit  # noqa: F401  (registers the families)
+from . import builders, convnext, resnet, resnet3d, vit  # noqa: F401  (registers the families)
 from .base import VideoClassifier, mark_new_by_design
 from .pretrained import LoadReport, load_pretrained, read_checkpoint
 from .registry import create_model, is_model, list_models, register_model
+from .tadaify import TAdaified, tadaify
 
 __all__ = [
     "create_model",
@@ -14,4 +15,6 @@ __all__ = [
     "LoadReport",
     "VideoClassifier",
     "mark_new_by_design",
+    "tadaify",
+    "TAdaified",
 ]

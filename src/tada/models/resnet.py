@@ -14,11 +14,17 @@ routing r=4 on the conv input, at ``conv2.routing``) and the BN after it is repl
 (:class:`~tada.nn.TemporalAggregation`, at ``agg``: ``agg.norm1`` takes torchvision's ``bn2``,
 ``agg.norm2`` is zero-initialised). TSN uses an ``nn.Conv2d`` and ``bn2``.
 
-Speed: the trunk runs on 4-D ``(B*T, C, H, W)`` tensors with ordinary ``nn.Conv2d`` /
+The blocks are :class:`tada.models.builders.Bottleneck` with their convs given as factories
+(``conv_b = tada_conv2d(3)`` or ``conv2d(3)``, ``aggregation = t_pool()``); the plug-in backbones of
+:mod:`tada.models.resnet3d` (R(2+1)D, R3D, SlowOnly, SlowFast) are the same class with other factories.
+
+Speed: the 2D trunk runs on 4-D ``(B*T, C, H, W)`` tensors with ordinary ``nn.Conv2d`` /
 ``nn.BatchNorm2d`` (BatchNorm over ``(B*T, H, W)`` has exactly the statistics of a BatchNorm3d over
-``(B, T, H, W)``). Only the TAdaConv and the temporal pool see the frames, through free views of the
-frame-major ``(B*T, C, H, W)`` memory (:func:`tada.nn.functional.batch_to_frames`). Blocks take and
-return ``(B, C, T, H, W)`` tensors stored frame-major, so chaining them copies nothing.
+``(B, T, H, W)``): the blocks run their 2D layers on the frame batch
+(:func:`tada.models.builders.run_layers`); only the TAdaConv sees ``(B, C, T, H, W)`` and T-Pool pools
+over frames, both through free views of the frame-major ``(B*T, C, H, W)`` memory
+(:func:`tada.nn.functional.batch_to_frames`). Blocks take and return ``(B, C, T, H, W)`` tensors stored
+frame-major, so chaining them copies nothing.
 
 Weights: :meth:`VideoResNet.checkpoint_filter_fn` reads torchvision ``resnet50`` state dicts (the
 same keys as this module, ``fc`` -> ``head``, ``bn2`` -> ``agg.norm1`` when T-Pool is on), the paper's
@@ -26,16 +32,19 @@ released TAda2D checkpoints (SPEC §6) and this project's own.
 """
 from __future__ import annotations
 
-import math
 import re
+from functools import partial
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch.nn as nn
 from torch import Tensor
 
-from ..nn import TAdaConv2d, TemporalAggregation, temporal_pool
+from .. import nn as tnn
+from ..nn import TAdaConv2d
 from ..nn.aggregation import NORMS, POOLS, SHORTCUTS
-from ..nn.functional import CAL_DIMS, IMPLS, batch_to_frames, frames_to_batch
+from ..nn.functional import CAL_DIMS, IMPLS
+from .builders import (BlockFn, Bottleneck, ConvFn, NormFn, aggregate_frame_major, as_video, batch_norm, conv2d,
+                       make_stage, run_layers, t_pool, tada_conv2d)
 from ._checks import check_bool, check_choice, check_pos_int, check_pos_int_seq
 from .base import VideoClassifier
 from .convert import convert_released_route_mlp, squeeze_tada_weight
@@ -61,117 +70,7 @@ MINI_WIDTHS = (64, 128, 256, 512)
 MINI_STEM = 32
 
 
-# -- validation ------------------------------------------------------------------------------------
-# -- T-Pool on frame-major 4-D tensors --------------------------------------------------------------
-def aggregate_frame_major(agg: TemporalAggregation, y: Tensor, frames: int) -> Tensor:
-    """``agg(y)`` for ``y`` given as frame-major ``(B*T, C, H, W)``; returns ``(B*T, C, H, W)``.
-
-    Equal to ``frames_to_batch(agg(batch_to_frames(y, B, T)))`` without any layout copy: the temporal
-    pool runs on a ``(B, 1, T, C, H*W)`` view (pooling dim 2, which is T there) and the norms run on
-    ``(B*T, C, 1, H, W)``, over which a BatchNorm3d has the statistics of one over ``(B, C, T, H, W)``
-    and a channel LayerNorm is unchanged.
-    """
-    n, c, h, w = y.shape
-    if n % frames:
-        raise ValueError(f"batch of {n} frames is not a multiple of T={frames}")
-    pooled = temporal_pool(y.reshape(n // frames, 1, frames, c, h * w), agg.pool).reshape(n, c, 1, h, w)
-    y5 = y.unsqueeze(2)
-    if agg.shortcut == "separate":
-        z = agg.norm1(y5) + agg.norm2(pooled)
-    elif agg.shortcut == "shared":
-        z = agg.norm1(y5 + pooled)
-    else:
-        z = agg.norm1(pooled)
-    return z.squeeze(2)
-
-
-# -- blocks -----------------------------------------------------------------------------------------
-class Bottleneck(nn.Module):
-    """ResNet bottleneck on ``(B, C, T, H, W)`` video tensors (stride on the 3x3 conv, "v1.5").
-
-    Args:
-        in_channels, out_channels: block input / output widths; the bottleneck width is
-            ``out_channels // bottleneck_ratio``.
-        stride: spatial stride of the 3x3 conv and of the shortcut conv.
-        tada: ``conv2`` is a :class:`~tada.nn.TAdaConv2d` (else an ``nn.Conv2d``).
-        cal_dim, routing, routing_kwargs, tada_impl: passed to the TAdaConv2d.
-        aggregation: replace ``bn2`` by T-Pool (``agg``) with ``agg_norm`` / ``agg_pool`` / ``agg_shortcut``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        stride: int = 1,
-        *,
-        bottleneck_ratio: int = 4,
-        tada: bool = False,
-        cal_dim: str = "cin",
-        routing: str = "v1",
-        routing_kwargs: Optional[Mapping[str, Any]] = None,
-        tada_impl: str = "auto",
-        aggregation: bool = False,
-        agg_norm: str = "bn",
-        agg_pool: str = "avg",
-        agg_shortcut: str = "separate",
-    ):
-        super().__init__()
-        if out_channels % bottleneck_ratio:
-            raise ValueError(f"out_channels={out_channels} is not divisible by bottleneck_ratio={bottleneck_ratio}")
-        mid = out_channels // bottleneck_ratio
-        self.tada, self.aggregation = tada, aggregation
-        self.conv1 = nn.Conv2d(in_channels, mid, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid)
-        if tada:
-            self.conv2 = TAdaConv2d(
-                mid, mid, 3, stride, 1, bias=False, cal_dim=cal_dim, routing=routing,
-                routing_kwargs=_routing_kwargs(routing, mid, routing_kwargs), impl=tada_impl,
-            )
-        else:
-            self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False)
-        if aggregation:
-            self.bn2 = None
-            self.agg = TemporalAggregation(mid, norm=agg_norm, pool=agg_pool, shortcut=agg_shortcut)
-        else:
-            self.bn2 = nn.BatchNorm2d(mid)
-            self.agg = None
-        self.conv3 = nn.Conv2d(mid, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
-            )
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, C_in, T, H, W)`` -> ``(B, C_out, T, H', W')`` (stored frame-major)."""
-        b, _, t = x.shape[:3]
-        x4 = frames_to_batch(x)  # a free view when x is frame-major (the output of a block or the stem)
-        out = self.relu(self.bn1(self.conv1(x4)))
-        if self.tada:
-            out = frames_to_batch(self.conv2(batch_to_frames(out, b, t)))
-        else:
-            out = self.conv2(out)
-        out = aggregate_frame_major(self.agg, out, t) if self.agg is not None else self.bn2(out)
-        out = self.bn3(self.conv3(self.relu(out)))
-        identity = x4 if self.downsample is None else self.downsample(x4)
-        return batch_to_frames(self.relu(out + identity), b, t)
-
-
-def _routing_kwargs(routing: str, channels: int, user: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    """Routing arguments for one TAdaConv of ``channels`` inputs.
-
-    V1 takes the user's arguments as they are (RouteFuncMLP defaults: r=4, kernels (3, 3), global
-    context, non-linear). V2 (RouteFuncAttn, r=2 by default) needs a ``head_dim`` dividing the reduced
-    width, which varies across stages: unless given, it is ``gcd(channels // r, 16)``.
-    """
-    kw = dict(user or {})
-    if routing == "v2" and "head_dim" not in kw:
-        r = kw.get("reduction", 2)
-        if isinstance(r, int) and not isinstance(r, bool) and r >= 1 and channels // r >= 1:
-            kw["head_dim"] = math.gcd(channels // r, 16)
-    return kw
+_CONVS = (nn.Conv2d, nn.Conv3d, TAdaConv2d)
 
 
 # -- the model --------------------------------------------------------------------------------------
@@ -250,32 +149,38 @@ class VideoResNet(VideoClassifier):
         self.tada, self.aggregation, self.cal_dim, self.routing = tada, aggregation, cal_dim, routing
         self.agg_norm = agg_norm
 
-        self.conv1 = nn.Conv2d(self.in_chans, stem_width, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem_width)
+        conv_b = (tada_conv2d(3, cal_dim=cal_dim, routing=routing, routing_kwargs=routing_kwargs, impl=tada_impl)
+                  if tada else conv2d(3))
+        block = partial(Bottleneck, bottleneck_ratio=bottleneck_ratio, conv_b=conv_b,
+                        aggregation=t_pool(agg_norm, agg_pool, agg_shortcut) if aggregation else None)
+        self._build_trunk(stem_conv=conv2d(7), stem_width=stem_width, depths=depths, widths=widths,
+                          strides=(2,) * len(depths), blocks=(block,) * len(depths))
+        self._init_weights()
+        self._init_head(widths[-1], num_classes, float(drop_rate))
+
+    def _build_trunk(self, *, stem_conv: ConvFn, stem_width: int, depths: Sequence[int], widths: Sequence[int],
+                     strides: Sequence[int], blocks: Sequence[BlockFn], stem_norm: NormFn = batch_norm,
+                     stem_pool: Optional[nn.Module] = None, in_widths: Optional[Sequence[int]] = None) -> None:
+        """The stem (``conv1 = stem_conv(3, stem_width, 2)``, ``bn1``, ReLU, optional ``maxpool``) and the
+        stages ``layer1..`` (``blocks[i]`` builds stage ``i``'s blocks, the first with ``strides[i]``).
+        ``in_widths``: each stage's input width (default: the previous stage's output)."""
+        self.conv1 = stem_conv(self.in_chans, stem_width, 2)
+        self.bn1 = stem_norm(stem_width)
         self.relu = nn.ReLU(inplace=True)
-        block_kwargs = dict(
-            bottleneck_ratio=bottleneck_ratio, tada=tada, cal_dim=cal_dim, routing=routing,
-            routing_kwargs=routing_kwargs, tada_impl=tada_impl, aggregation=aggregation,
-            agg_norm=agg_norm, agg_pool=agg_pool, agg_shortcut=agg_shortcut,
-        )
+        self.maxpool = stem_pool
         in_ch = stem_width
         self.stage_names = []
-        for i, (depth, width) in enumerate(zip(depths, widths)):
-            blocks = []
-            for j in range(depth):
-                blocks.append(Bottleneck(in_ch, width, 2 if j == 0 else 1, **block_kwargs))
-                in_ch = width
+        for i, (depth, width, stride, block) in enumerate(zip(depths, widths, strides, blocks)):
             name = f"layer{i + 1}"
-            self.add_module(name, nn.Sequential(*blocks))
+            self.add_module(name, make_stage(in_widths[i] if in_widths else in_ch, width, depth, stride, block))
             self.stage_names.append(name)
-        self._init_weights()
-        self._init_head(in_ch, num_classes, float(drop_rate))
+            in_ch = width
 
     def _init_weights(self) -> None:
         # torchvision's ResNet init for the 2D convs (BN is weight 1 / bias 0 by default; T-Pool's
         # norm2 and the routing's last conv keep their zero init).
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, TAdaConv2d)):
+            if isinstance(m, _CONVS) or type(m) is getattr(tnn, "TAdaConv3d", None):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     @property
@@ -286,8 +191,7 @@ class VideoResNet(VideoClassifier):
         """``(B, 3, T, H, W)`` -> ``(B, widths[-1], T, H/32, W/32)`` (before pooling)."""
         self.check_input(x)
         b, t = x.shape[0], x.shape[2]
-        x = self.relu(self.bn1(self.conv1(frames_to_batch(x))))
-        x = batch_to_frames(x, b, t)
+        x = as_video(run_layers((self.conv1, self.bn1, self.relu, self.maxpool), x, b, t), b, t)
         for stage in self.stages:
             x = stage(x)
         return x
