@@ -8,7 +8,10 @@ Pairs (SPEC §2/§3), batch 1 by default, in one run with the models interleaved
   (the same frames per layer as TAda after its stem: the cost of the TAda layers themselves).
 
 ``--grouped`` adds each TAda model with every TAdaConv switched to ``impl="grouped"`` (the release's
-per-frame kernels). Training step = forward, cross-entropy, backward, SGD step. Peak memory of one
+per-frame kernels). ``--plugins`` times the plug-in backbones instead (Table 3c: SlowOnly 8 frames,
+SlowFast 4x16 and 8x8 on 32 frames, R(2+1)D with TAda on the 2D conv and on 2D + 1D convs, R3D with
+TAdaConv3d, each against its plain backbone) at ``--size`` (default 112 on the CPU: 3D R50s at 224²
+take minutes per training step on two cores). Training step = forward, cross-entropy, backward, SGD step. Peak memory of one
 training step (after a warm-up step) and one inference is measured in a fresh process per model.
 
     python benchmarks/model_speed.py [--json results/model_speed.json] [--device cuda --dtype bfloat16 --batch 8]
@@ -47,6 +50,15 @@ class Run:
 class Pair:
     tada: Run
     base: Run
+
+
+PLUGINS = (("tada_slowonly_r50", "slowonly_r50", 8), ("tada_slowfast_r50_4x16", "slowfast_r50_4x16", 32),
+           ("tada_slowfast_r50_8x8", "slowfast_r50_8x8", 32), ("tada_r2plus1d_r50", "r2plus1d_r50", 8),
+           ("tada_r2plus1d_r50_2d1d", "r2plus1d_r50", 8), ("tada_r3d_r50", "r3d_r50", 8))
+
+
+def plugin_pairs(size: int):
+    return [Pair(Run(f"{t} {f}f", t, f, size), Run(f"{b} {f}f", b, f, size)) for t, b, f in PLUGINS]
 
 
 def pairs(grouped: bool):
@@ -133,6 +145,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--grouped", action="store_true", help="also time TAda with the release's grouped operator")
+    p.add_argument("--plugins", action="store_true", help="the plug-in backbones (SlowOnly, SlowFast, R(2+1)D, R3D)")
+    p.add_argument("--size", type=int, default=112, help="input size of the --plugins runs (default 112)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -140,8 +154,8 @@ def main(argv=None):
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     info = machine_info(device)
     print(f"# Model speed: {info['device']}, torch {info['torch']}, {info['threads']} threads, "
-          f"{args.dtype}, batch {args.batch}")
-    prs = pairs(args.grouped)
+          f"{args.dtype}, batch {args.batch}" + (f", plug-in backbones at {args.size}²" if args.plugins else ""))
+    prs = plugin_pairs(args.size) if args.plugins else pairs(args.grouped)
     runs = list(dict.fromkeys(r for pr in prs for r in (pr.tada, pr.base)))
 
     mem = {}
