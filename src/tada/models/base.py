@@ -126,8 +126,9 @@ class VideoClassifier(nn.Module):
     def checkpoint_filter_fn(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """Turn a foreign checkpoint (already unwrapped to a flat state dict) into this model's keys.
 
-        The default accepts this project's own checkpoints only; families override it to detect and
-        convert their source formats, raising ``ValueError`` for a format they do not know.
+        The default accepts this project's own checkpoints only; families override it to detect their
+        source formats and apply that format's rule set (:func:`tada.models.convert.apply_rules`),
+        raising ``ValueError`` for a format they do not know.
         """
         return state_dict
 

@@ -38,8 +38,8 @@ released checkpoint into a GELU model warns).
 """
 from __future__ import annotations
 
-import re
 import warnings
+from functools import partial
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -51,7 +51,8 @@ from ..nn import QuickGELU, RouteFuncAttn, RouteFuncMLP, TAdaConv2d, TemporalAgg
 from ..nn.functional import batch_to_frames, frames_to_batch
 from ._checks import check_pos_int_seq
 from .base import VideoClassifier
-from .convert import conv_to_linear, convert_released_route_attn, squeeze_tada_bias, squeeze_tada_weight
+from .convert import (Rule, apply_rules, conv3d_to_conv2d, conv_to_linear, convert_released_route_attn, flatten,
+                      squeeze_tada_bias, squeeze_tada_weight)
 from .pretrained import centre_inflate
 from .registry import register_model
 
@@ -328,9 +329,6 @@ class VideoConvNeXt(VideoClassifier):
         return x.permute(0, 4, 1, 2, 3)
 
     # -- weights ------------------------------------------------------------------------------
-    def _block_norm(self, s: str, j: str) -> str:
-        return f"stages.{s}.blocks.{j}." + ("tpool.norm1" if self.aggregation else "norm")
-
     def _stem_weight(self, w: Tensor) -> Tensor:
         if self.tubelet and w.dim() == 4:
             return centre_inflate(w, 3)
@@ -339,54 +337,36 @@ class VideoConvNeXt(VideoClassifier):
     def checkpoint_filter_fn(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """Convert a checkpoint to this model's keys (pure: the input is not modified).
 
-        Detected layouts: this project's own (``stem.conv.weight``), timm ConvNeXt (``stem.0.weight``),
-        the original ConvNeXt release (``downsample_layers.0.0.weight``) and the paper's released
-        TAdaConvNeXtV2 (``backbone.downsample_layers.0.0.weight``). Keys that match no rule are kept as
-        they are, so strict loading reports them.
+        Detected layouts, each a rule set below: this project's own (``stem.conv.weight``), timm ConvNeXt
+        (``stem.0.weight``), the original ConvNeXt release (``downsample_layers.0.0.weight``) and the
+        paper's released TAdaConvNeXtV2 (``backbone.downsample_layers.0.0.weight``). Keys that match no
+        rule are kept as they are, so strict loading reports them.
         """
         sd = dict(state_dict)
         if "stem.conv.weight" in sd:
-            return self._from_own(sd)
-        if "backbone.downsample_layers.0.0.weight" in sd:
-            return self._from_released(sd)
-        if "downsample_layers.0.0.weight" in sd:
-            return self._from_2d(sd, _ORIGINAL_RULES)
-        if "stem.0.weight" in sd:
-            return self._from_2d(sd, _TIMM_RULES)
-        sample = ", ".join(sorted(sd)[:6])
-        raise ValueError(
-            "unrecognised checkpoint layout: expected a ConvNeXt checkpoint in timm form (stem.0.weight, "
-            "stages.N.blocks.M.conv_dw...), original form (downsample_layers.0.0.weight, stages.N.M.dwconv...), "
-            "the released TAdaConvNeXtV2 form (backbone.downsample_layers.0.0.weight, backbone.stages.N.M."
-            f"dwconv_rf...) or this project's (stem.conv.weight); got keys like {sample}"
+            rules = OWN_RULES
+        elif "backbone.downsample_layers.0.0.weight" in sd:
+            self._check_released()
+            rules = RELEASED_RULES
+        elif "downsample_layers.0.0.weight" in sd:
+            rules = ORIGINAL_RULES
+        elif "stem.0.weight" in sd:
+            rules = TIMM_RULES
+        else:
+            sample = ", ".join(sorted(sd)[:6])
+            raise ValueError(
+                "unrecognised checkpoint layout: expected a ConvNeXt checkpoint in timm form (stem.0.weight, "
+                "stages.N.blocks.M.conv_dw...), original form (downsample_layers.0.0.weight, stages.N.M.dwconv...), "
+                "the released TAdaConvNeXtV2 form (backbone.downsample_layers.0.0.weight, backbone.stages.N.M."
+                f"dwconv_rf...) or this project's (stem.conv.weight); got keys like {sample}"
+            )
+        return apply_rules(
+            sd, rules, fields={"block_norm": "tpool.norm1" if self.aggregation else "norm"},
+            transforms={"stem": self._stem_weight,
+                        "route_attn": partial(convert_released_route_attn, head_dim=self.head_dim)},
         )
 
-    def _from_own(self, sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        out = {}
-        for k, v in sd.items():
-            m = re.fullmatch(r"stages\.(\d+)\.blocks\.(\d+)\.(norm|tpool\.norm1)\.(weight|bias)", k)
-            if m:  # e.g. a TSN checkpoint into a T-Pool model, or back
-                out[f"{self._block_norm(m[1], m[2])}.{m[4]}"] = v
-            elif k == "stem.conv.weight":
-                out[k] = self._stem_weight(v)
-            else:
-                out[k] = v
-        return out
-
-    def _from_2d(self, sd: Dict[str, Tensor], rules) -> Dict[str, Tensor]:
-        out = {}
-        for k, v in sd.items():
-            for pattern, target in rules:
-                m = re.fullmatch(pattern, k)
-                if m:
-                    dst = target(self, m)
-                    out[dst] = self._stem_weight(v) if dst == "stem.conv.weight" else v
-                    break
-            else:
-                out[k] = v  # unknown: strict loading reports it
-        return out
-
-    def _from_released(self, sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    def _check_released(self) -> None:
         if self.tada != "v2":
             raise ValueError(
                 "this is a released TAdaConvNeXtV2 checkpoint (backbone.stages.N.M.dwconv_rf ...); "
@@ -398,104 +378,75 @@ class VideoConvNeXt(VideoClassifier):
                 "was trained with QuickGELU: build the model with act='quick_gelu'",
                 stacklevel=3,
             )
-        out: Dict[str, Tensor] = {}
-        routing: Dict[str, Dict[str, Tensor]] = {}
-        for k, v in sd.items():
-            if k.startswith("head.out."):
-                name = k[len("head.out."):]
-                out[f"head.{name}"] = conv_to_linear(v) if name == "weight" else v.reshape(-1)
-                continue
-            if not k.startswith("backbone."):
-                out[k] = v
-                continue
-            key = k[len("backbone."):]
-            m = re.fullmatch(r"stages\.(\d+)\.(\d+)\.dwconv_rf\.(.+)", key)
-            if m:
-                routing.setdefault(f"stages.{m[1]}.blocks.{m[2]}.conv_dw.routing", {})[m[3]] = v
-                continue
-            m = re.fullmatch(r"stages\.(\d+)\.(\d+)\.(\w+)\.(weight|bias)", key)
-            if m:
-                s, j, part, p = m.groups()
-                pre = f"stages.{s}.blocks.{j}"
-                if part == "dwconv":
-                    out[f"{pre}.conv_dw.{p}"] = squeeze_tada_weight(v) if p == "weight" else squeeze_tada_bias(v)
-                elif part == "norm":
-                    out[f"{self._block_norm(s, j)}.{p}"] = v
-                elif part == "norm_avgpool":
-                    out[f"{pre}.tpool.norm2.{p}"] = v
-                elif part in ("pwconv1", "pwconv2"):
-                    fc = "fc1" if part == "pwconv1" else "fc2"
-                    out[f"{pre}.mlp.{fc}.{p}"] = conv_to_linear(v) if p == "weight" else v.reshape(-1)
-                else:
-                    out[k] = v
-                continue
-            m = re.fullmatch(r"stages\.(\d+)\.(\d+)\.gamma", key)
-            if m:
-                out[f"stages.{m[1]}.blocks.{m[2]}.gamma"] = v.reshape(-1)
-                continue
-            m = re.fullmatch(r"downsample_layers\.(\d+)\.([01])\.(weight|bias)", key)
-            if m:
-                i, part, p = m.groups()
-                if i == "0":
-                    dst = "stem.conv" if part == "0" else "stem.norm"
-                    out[f"{dst}.{p}"] = self._stem_weight(v) if (part == "0" and p == "weight") else v
-                elif part == "0":
-                    out[f"stages.{i}.downsample.norm.{p}"] = v
-                else:  # Conv3d (C', C, 1, 2, 2) -> Conv2d
-                    if p == "weight" and v.dim() == 5:
-                        if v.shape[2] != 1:
-                            raise ValueError(
-                                f"{k}: expected a (C', C, 1, 2, 2) downsampling conv, got {tuple(v.shape)}"
-                            )
-                        v = v[:, :, 0]
-                    out[f"stages.{i}.downsample.conv.{p}"] = v
-                continue
-            m = re.fullmatch(r"norm\.(weight|bias)", key)
-            if m:
-                out[f"head_norm.{m[1]}"] = v
-                continue
-            out[k] = v
-        for dst, rf in routing.items():
-            out.update(convert_released_route_attn(rf, dst, head_dim=self.head_dim))
-        return out
 
 
-def _timm_down(model, m):
-    part = "norm" if m[2] == "0" else "conv"
-    return f"stages.{m[1]}.downsample.{part}.{m[3]}"
-
-
-def _orig_down(model, m):
-    i, part, p = m.groups()
-    if i == "0":
-        return f"stem.{'conv' if part == '0' else 'norm'}.{p}"
-    return f"stages.{i}.downsample.{'norm' if part == '0' else 'conv'}.{p}"
-
-
-_BLOCK = r"stages\.(\d+)\.blocks\.(\d+)"
-_TIMM_RULES = [
-    (r"stem\.0\.(weight|bias)", lambda md, m: f"stem.conv.{m[1]}"),
-    (r"stem\.1\.(weight|bias)", lambda md, m: f"stem.norm.{m[1]}"),
-    (r"stages\.(\d+)\.downsample\.([01])\.(weight|bias)", _timm_down),
-    (_BLOCK + r"\.conv_dw\.(weight|bias)", lambda md, m: f"stages.{m[1]}.blocks.{m[2]}.conv_dw.{m[3]}"),
-    (_BLOCK + r"\.norm\.(weight|bias)", lambda md, m: f"{md._block_norm(m[1], m[2])}.{m[3]}"),
-    (_BLOCK + r"\.mlp\.(fc[12])\.(weight|bias)", lambda md, m: f"stages.{m[1]}.blocks.{m[2]}.mlp.{m[3]}.{m[4]}"),
-    (_BLOCK + r"\.gamma", lambda md, m: f"stages.{m[1]}.blocks.{m[2]}.gamma"),
-    (r"head\.norm\.(weight|bias)", lambda md, m: f"head_norm.{m[1]}"),
-    (r"head\.fc\.(weight|bias)", lambda md, m: f"head.{m[1]}"),
-]
-_ORIG_BLOCK = r"stages\.(\d+)\.(\d+)"
-_PW = {"pwconv1": "fc1", "pwconv2": "fc2"}
-_ORIGINAL_RULES = [
-    (r"downsample_layers\.(\d+)\.([01])\.(weight|bias)", _orig_down),
-    (_ORIG_BLOCK + r"\.dwconv\.(weight|bias)", lambda md, m: f"stages.{m[1]}.blocks.{m[2]}.conv_dw.{m[3]}"),
-    (_ORIG_BLOCK + r"\.norm\.(weight|bias)", lambda md, m: f"{md._block_norm(m[1], m[2])}.{m[3]}"),
-    (_ORIG_BLOCK + r"\.(pwconv[12])\.(weight|bias)",
-     lambda md, m: f"stages.{m[1]}.blocks.{m[2]}.mlp.{_PW[m[3]]}.{m[4]}"),
-    (_ORIG_BLOCK + r"\.gamma", lambda md, m: f"stages.{m[1]}.blocks.{m[2]}.gamma"),
-    (r"norm\.(weight|bias)", lambda md, m: f"head_norm.{m[1]}"),
-    (r"head\.(weight|bias)", lambda md, m: f"head.{m[1]}"),
-]
+# -- checkpoint rule sets (tada.models.convert) ------------------------------------------------------
+# {block_norm} is the block's norm ("norm", or T-Pool's "tpool.norm1"); "stem" centre-inflates a 2D
+# stem kernel into a tubelet model's (and leaves it as it is otherwise).
+_P = r"(?P<p>weight|bias)"
+_BLK = "stages.{s}.blocks.{j}"
+#: this project's own keys; the block norm follows the model (a TSN checkpoint into a T-Pool model, or back)
+OWN_RULES = (
+    Rule(r"stages\.(?P<s>\d+)\.blocks\.(?P<j>\d+)\.(?:norm|tpool\.norm1)\." + _P, _BLK + ".{block_norm}.{p}"),
+    Rule(r"stem\.conv\.weight", "stem.conv.weight", "stem"),
+)
+_TIMM_BLK = r"stages\.(?P<s>\d+)\.blocks\.(?P<j>\d+)\."
+#: timm ``convnext_*`` (``stem.0``, ``stages.N.downsample``, ``conv_dw``, ``mlp.fc1``, ``head.fc``)
+TIMM_RULES = (
+    Rule(r"stem\.0\.weight", "stem.conv.weight", "stem"),
+    Rule(r"stem\.0\.bias", "stem.conv.bias"),
+    Rule(r"stem\.1\." + _P, "stem.norm.{p}"),
+    Rule(r"stages\.(?P<s>\d+)\.downsample\.0\." + _P, "stages.{s}.downsample.norm.{p}"),
+    Rule(r"stages\.(?P<s>\d+)\.downsample\.1\." + _P, "stages.{s}.downsample.conv.{p}"),
+    Rule(_TIMM_BLK + r"conv_dw\." + _P, _BLK + ".conv_dw.{p}"),
+    Rule(_TIMM_BLK + r"norm\." + _P, _BLK + ".{block_norm}.{p}"),
+    Rule(_TIMM_BLK + r"mlp\.(?P<fc>fc[12])\." + _P, _BLK + ".mlp.{fc}.{p}"),
+    Rule(_TIMM_BLK + r"gamma", _BLK + ".gamma"),
+    Rule(r"head\.norm\." + _P, "head_norm.{p}"),
+    Rule(r"head\.fc\." + _P, "head.{p}"),
+)
+_ORIG_BLK = r"stages\.(?P<s>\d+)\.(?P<j>\d+)\."
+#: the original ConvNeXt release (``downsample_layers``, ``stages.N.M.dwconv``, ``pwconv1``, ``norm``, ``head``)
+ORIGINAL_RULES = (
+    Rule(r"downsample_layers\.0\.0\.weight", "stem.conv.weight", "stem"),
+    Rule(r"downsample_layers\.0\.0\.bias", "stem.conv.bias"),
+    Rule(r"downsample_layers\.0\.1\." + _P, "stem.norm.{p}"),
+    Rule(r"downsample_layers\.(?P<s>\d+)\.0\." + _P, "stages.{s}.downsample.norm.{p}"),
+    Rule(r"downsample_layers\.(?P<s>\d+)\.1\." + _P, "stages.{s}.downsample.conv.{p}"),
+    Rule(_ORIG_BLK + r"dwconv\." + _P, _BLK + ".conv_dw.{p}"),
+    Rule(_ORIG_BLK + r"norm\." + _P, _BLK + ".{block_norm}.{p}"),
+    Rule(_ORIG_BLK + r"pwconv1\." + _P, _BLK + ".mlp.fc1.{p}"),
+    Rule(_ORIG_BLK + r"pwconv2\." + _P, _BLK + ".mlp.fc2.{p}"),
+    Rule(_ORIG_BLK + r"gamma", _BLK + ".gamma"),
+    Rule(r"norm\." + _P, "head_norm.{p}"),
+    Rule(r"head\." + _P, "head.{p}"),
+)
+_REL_BLK = r"backbone\.stages\.(?P<s>\d+)\.(?P<j>\d+)\."
+_REL_DOWN = r"backbone\.downsample_layers\."
+#: the paper's released TAdaConvNeXtV2 (SPEC §6): the original layout under ``backbone.``, the depthwise
+#: conv a 6-D TAdaConv with its V2 routing at ``dwconv_rf``, T-Pool's second norm at ``norm_avgpool``, the
+#: pointwise layers, the downsampling convs and the head stored as Conv3d.
+RELEASED_RULES = (
+    Rule(r"head\.out\.weight", "head.weight", conv_to_linear),
+    Rule(r"head\.out\.(?P<p>.+)", "head.{p}", flatten),
+    Rule(_REL_BLK + r"dwconv_rf\.(?P<rest>.+)", _BLK + ".conv_dw.routing", group="route_attn"),
+    Rule(_REL_BLK + r"dwconv\.weight", _BLK + ".conv_dw.weight", squeeze_tada_weight),
+    Rule(_REL_BLK + r"dwconv\.bias", _BLK + ".conv_dw.bias", squeeze_tada_bias),
+    Rule(_REL_BLK + r"norm\." + _P, _BLK + ".{block_norm}.{p}"),
+    Rule(_REL_BLK + r"norm_avgpool\." + _P, _BLK + ".tpool.norm2.{p}"),
+    Rule(_REL_BLK + r"pwconv1\.weight", _BLK + ".mlp.fc1.weight", conv_to_linear),
+    Rule(_REL_BLK + r"pwconv2\.weight", _BLK + ".mlp.fc2.weight", conv_to_linear),
+    Rule(_REL_BLK + r"pwconv1\.bias", _BLK + ".mlp.fc1.bias", flatten),
+    Rule(_REL_BLK + r"pwconv2\.bias", _BLK + ".mlp.fc2.bias", flatten),
+    Rule(_REL_BLK + r"gamma", _BLK + ".gamma", flatten),
+    Rule(_REL_DOWN + r"0\.0\.weight", "stem.conv.weight", "stem"),
+    Rule(_REL_DOWN + r"0\.0\.bias", "stem.conv.bias"),
+    Rule(_REL_DOWN + r"0\.1\." + _P, "stem.norm.{p}"),
+    Rule(_REL_DOWN + r"(?P<s>\d+)\.0\." + _P, "stages.{s}.downsample.norm.{p}"),
+    Rule(_REL_DOWN + r"(?P<s>\d+)\.1\.weight", "stages.{s}.downsample.conv.weight", conv3d_to_conv2d),
+    Rule(_REL_DOWN + r"(?P<s>\d+)\.1\.bias", "stages.{s}.downsample.conv.bias"),
+    Rule(r"backbone\.norm\." + _P, "head_norm.{p}"),
+)
 
 
 # -- registered factories -------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from .builders import (BlockFn, Bottleneck, ConvFn, NormFn, aggregate_frame_majo
                        make_stage, run_layers, t_pool, tada_conv2d)
 from ._checks import check_bool, check_choice, check_pos_int, check_pos_int_seq
 from .base import VideoClassifier
-from .convert import convert_released_route_mlp, squeeze_tada_weight
+from .convert import Rule, apply_rules, conv3d_to_conv2d, convert_released_route_mlp, squeeze_tada_weight
 from .registry import register_model
 
 __all__ = [
@@ -208,7 +208,7 @@ class VideoResNet(VideoClassifier):
                     "(expected backbone.conv1.a.weight, backbone.conv2.res_*.conv_branch.*); "
                     f"found e.g. {sorted(keys)[:5]}"
                 )
-            return self._from_released(state_dict)
+            return apply_rules(_zero_based_blocks(state_dict), RELEASED_RULES, fields=self._fields())
         if "conv1.weight" in state_dict and any(k.startswith("layer1.") for k in keys):
             return self._from_torchvision(state_dict)
         raise ValueError(
@@ -218,103 +218,76 @@ class VideoResNet(VideoClassifier):
             f"or this project's keys; found e.g. {sorted(keys)[:5]}"
         )
 
+    def _fields(self) -> Dict[str, str]:
+        return {"bn2": "agg.norm1" if self.aggregation else "bn2"}
+
     def _from_torchvision(self, sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-        """torchvision keys are this module's keys except ``fc`` (-> ``head``) and, with T-Pool,
-        ``bn2`` (-> ``agg.norm1``; a LayerNorm T-Pool takes the BN's affine parameters only, its
-        running statistics have no counterpart). This project's own keys pass through unchanged."""
-        out: Dict[str, Tensor] = {}
-        bn2 = re.compile(r"^(layer\d+\.\d+\.)bn2\.(.+)$")
-        for k, v in sd.items():
-            if k.startswith("fc."):
-                k = "head." + k[3:]
-            elif self.aggregation:
-                m = bn2.match(k)
-                if m:
-                    if self.agg_norm == "ln" and m.group(2) not in ("weight", "bias"):
-                        continue
-                    k = f"{m.group(1)}agg.norm1.{m.group(2)}"
-            out[k] = v
-        return out
-
-    def _from_released(self, sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-        """The paper's released TAda2D layout (SPEC §6) -> this model's keys.
-
-        ``backbone.conv1.{a, a_bn}`` -> ``conv1`` / ``bn1``; ``backbone.conv{s}.res_{k}`` ->
-        ``layer{s-1}.{k - k_min}`` (0- or 1-based ``k``, detected per stage) with ``short_cut(_bn)`` ->
-        ``downsample.{0,1}``, ``conv_branch.{a, a_bn, b, b_rf, b_bn, b_avgpool_bn, c, c_bn}`` ->
-        ``conv1, bn1, conv2.weight, conv2.routing, bn2 | agg.norm1, agg.norm2, conv3, bn3``;
-        ``head.out`` -> ``head``. 5-D Conv3d weights ``(O, I, 1, k, k)`` lose their time dim, the 6-D
-        TAdaConv weight is squeezed. Unknown keys are kept as they are, so strict loading names them.
-        """
-        res = re.compile(r"^backbone\.conv(\d+)\.res_(\d+)\.(.+)$")
-        first: Dict[int, int] = {}
-        for k in sd:
-            m = res.match(k)
-            if m:
-                s, i = int(m.group(1)), int(m.group(2))
-                first[s] = min(first.get(s, i), i)
-
-        branch = {"a": "conv1", "a_bn": "bn1", "b_bn": "agg.norm1" if self.aggregation else "bn2",
-                  "b_avgpool_bn": "agg.norm2", "c": "conv3", "c_bn": "bn3"}
-        out: Dict[str, Tensor] = {}
-        routes: Dict[str, Dict[str, Tensor]] = {}
-        for k, v in sd.items():
-            if k.startswith("head.out."):
-                out["head." + k[len("head.out."):]] = v
-                continue
-            if k.startswith("backbone.conv1."):
-                rest = k[len("backbone.conv1."):]
-                mod, _, param = rest.partition(".")
-                if mod in ("a", "a_bn"):
-                    dst = f"{'conv1' if mod == 'a' else 'bn1'}.{param}"
-                    out[dst] = _conv_weight(v, k) if param == "weight" and mod == "a" else v
-                    continue
-            m = res.match(k)
-            if m:
-                s, i, rest = int(m.group(1)), int(m.group(2)), m.group(3)
-                blk = f"layer{s - 1}.{i - first[s]}"
-                mod, _, param = rest.partition(".")
-                if mod in ("short_cut", "short_cut_bn"):
-                    dst = f"{blk}.downsample.{0 if mod == 'short_cut' else 1}.{param}"
-                    out[dst] = _conv_weight(v, k) if mod == "short_cut" and param == "weight" else v
-                    continue
-                if mod == "conv_branch":
-                    sub, _, param = param.partition(".")
-                    if sub == "b" and param == "weight":
-                        out[f"{blk}.conv2.weight"] = _tada_or_conv_weight(v, k)
-                        continue
-                    if sub == "b_rf":
-                        routes.setdefault(blk, {})[param] = v
-                        continue
-                    if sub in branch:
-                        is_conv = sub in ("a", "c") and param == "weight"
-                        out[f"{blk}.{branch[sub]}.{param}"] = _conv_weight(v, k) if is_conv else v
-                        continue
-            out[k] = v  # unknown: strict loading reports it
-        for blk, rf in routes.items():
-            try:
-                out.update(convert_released_route_mlp(rf, f"{blk}.conv2.routing"))
-            except ValueError as e:
-                raise ValueError(f"routing of {blk} (released b_rf): {e}") from e
-        return out
+        """torchvision keys (and this project's own, which pass unchanged): :data:`TORCHVISION_RULES`,
+        after :data:`LN_TPOOL_RULES` with a LayerNorm T-Pool."""
+        rules = (LN_TPOOL_RULES if self.aggregation and self.agg_norm == "ln" else ()) + TORCHVISION_RULES
+        return apply_rules(sd, rules, fields=self._fields())
 
 
-def _conv_weight(w: Tensor, key: str) -> Tensor:
-    """Released Conv3d weight ``(O, I, 1, kh, kw)`` -> Conv2d ``(O, I, kh, kw)``."""
-    if w.dim() == 4:
-        return w
-    if w.dim() != 5 or w.shape[2] != 1:
-        raise ValueError(f"{key}: expected a 2D conv stored as Conv3d (O, I, 1, kh, kw), got shape {tuple(w.shape)}")
-    return w.reshape(w.shape[:2] + w.shape[3:])
+# -- checkpoint rule sets (tada.models.convert); {bn2} is "bn2", or "agg.norm1" with T-Pool ---------------
+#: torchvision ``resnet50``: this module's keys except ``fc`` (-> ``head``) and ``bn2`` (-> ``{bn2}``).
+TORCHVISION_RULES = (
+    Rule.prefix("fc.", "head."),
+    Rule(r"(?P<b>layer\d+\.\d+)\.bn2\.(?P<p>.+)", "{b}.{bn2}.{p}"),
+)
+#: a LayerNorm T-Pool takes the BN's affine parameters only: its running statistics have no counterpart
+LN_TPOOL_RULES = (Rule(r"layer\d+\.\d+\.bn2\.(?!weight$|bias$).+", None),)
 
 
-def _tada_or_conv_weight(w: Tensor, key: str) -> Tensor:
-    if w.dim() == 6:
-        try:
-            return squeeze_tada_weight(w)
-        except ValueError as e:
-            raise ValueError(f"{key}: {e}") from e
-    return _conv_weight(w, key)
+def released_spatial_weight(w: Tensor) -> Tensor:
+    """A released block's 3x3 weight: 6-D TAdaConv (squeezed) or 2D stored as Conv3d (time dropped)."""
+    return squeeze_tada_weight(w) if w.dim() == 6 else conv3d_to_conv2d(w)
+
+
+_RES = r"backbone\.conv(?P<s>\d+)\.res_(?P<i>\d+)\."
+_BLK = "layer{s-1}.{i}"
+#: The paper's released TAda2D layout (SPEC §6), blocks numbered from 0 (:func:`_zero_based_blocks`):
+#: ``backbone.conv1.{a, a_bn}`` -> ``conv1`` / ``bn1``; ``backbone.conv{s}.res_{i}`` -> ``layer{s-1}.{i}``
+#: with ``short_cut(_bn)`` -> ``downsample.{0,1}``, ``conv_branch.{a, a_bn, b, b_rf, b_bn, b_avgpool_bn,
+#: c, c_bn}`` -> ``conv1, bn1, conv2.weight, conv2.routing, {bn2}, agg.norm2, conv3, bn3``; ``head.out`` ->
+#: ``head``. Conv3d weights ``(O, I, 1, k, k)`` lose their time dim, the 6-D TAdaConv weight is squeezed.
+#: Unknown keys are kept as they are, so strict loading names them.
+RELEASED_RULES = (
+    Rule.prefix("head.out.", "head."),
+    Rule(r"backbone\.conv1\.a\.weight", "conv1.weight", conv3d_to_conv2d),
+    Rule(r"backbone\.conv1\.a\.(?P<p>.+)", "conv1.{p}"),
+    Rule(r"backbone\.conv1\.a_bn\.(?P<p>.+)", "bn1.{p}"),
+    Rule(_RES + r"short_cut\.weight", _BLK + ".downsample.0.weight", conv3d_to_conv2d),
+    Rule(_RES + r"short_cut\.(?P<p>.+)", _BLK + ".downsample.0.{p}"),
+    Rule(_RES + r"short_cut_bn\.(?P<p>.+)", _BLK + ".downsample.1.{p}"),
+    Rule(_RES + r"conv_branch\.b\.weight", _BLK + ".conv2.weight", released_spatial_weight),
+    Rule(_RES + r"conv_branch\.b_rf\.(?P<rest>.+)", _BLK + ".conv2.routing", group=convert_released_route_mlp),
+    Rule(_RES + r"conv_branch\.a\.weight", _BLK + ".conv1.weight", conv3d_to_conv2d),
+    Rule(_RES + r"conv_branch\.c\.weight", _BLK + ".conv3.weight", conv3d_to_conv2d),
+    Rule(_RES + r"conv_branch\.a\.(?P<p>.+)", _BLK + ".conv1.{p}"),
+    Rule(_RES + r"conv_branch\.c\.(?P<p>.+)", _BLK + ".conv3.{p}"),
+    Rule(_RES + r"conv_branch\.a_bn\.(?P<p>.+)", _BLK + ".bn1.{p}"),
+    Rule(_RES + r"conv_branch\.b_bn\.(?P<p>.+)", _BLK + ".{bn2}.{p}"),
+    Rule(_RES + r"conv_branch\.b_avgpool_bn\.(?P<p>.+)", _BLK + ".agg.norm2.{p}"),
+    Rule(_RES + r"conv_branch\.c_bn\.(?P<p>.+)", _BLK + ".bn3.{p}"),
+)
+_RES_KEY = re.compile(r"^backbone\.conv(\d+)\.res_(\d+)\.(.+)$")
+
+
+def _zero_based_blocks(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """The release numbers a stage's blocks from 0 or from 1 (``res_{i}``): renumber each stage from 0."""
+    first: Dict[str, int] = {}
+    for k in sd:
+        m = _RES_KEY.match(k)
+        if m:
+            first[m.group(1)] = min(first.get(m.group(1), int(m.group(2))), int(m.group(2)))
+    out = {}
+    for k, v in sd.items():
+        m = _RES_KEY.match(k)
+        if m:
+            s, i, rest = m.groups()
+            k = f"backbone.conv{s}.res_{int(i) - first[s]}.{rest}"
+        out[k] = v
+    return out
 
 
 # -- registered models ------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from __future__ import annotations
 import logging
 import re
 from functools import partial
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -55,6 +55,7 @@ from torch import Tensor
 
 from ._checks import check_pos_int, check_pos_int_seq
 from .base import VideoClassifier
+from .convert import Rule, apply_rules, fit_singleton_time
 from .builders import (Bottleneck, ConvFn, FrameMaxPool2d, NormFn, as_video, batch_norm, conv2d, conv2plus1d, conv3d,
                        inflate_conv_weight, mark_absent_in_2d, run_layers, tada_conv2d, tada_conv3d)
 from .registry import register_model
@@ -106,10 +107,12 @@ def _stem_pool() -> nn.Module:
 
 # -- converting 2D checkpoints -------------------------------------------------------------------------
 class _From2d:
-    """Mixin: torchvision ``resnet50`` (2D) state dicts -> a model with 3D layers (see the module doc)."""
+    """Mixin: torchvision ``resnet50`` (2D) state dicts, PySlowFast and PyTorchVideo checkpoints -> a
+    model with 3D layers (see the module doc). A class names its rule sets: ``_FROM_2D_RULES`` (after
+    the torchvision renaming) and ``_PYSLOWFAST_RULES``."""
 
-    def _rename_2d(self, key: str, own: Mapping[str, Tensor]) -> str:
-        return key
+    _FROM_2D_RULES: Tuple[Rule, ...] = ()
+    _PYSLOWFAST_RULES: Tuple[Rule, ...] = ()
 
     def _absent_in_2d(self) -> Set[str]:
         out: Set[str] = set()
@@ -118,11 +121,11 @@ class _From2d:
                 out.update(f"{name}.{k}" for k in m.state_dict())
         return out
 
-    def _fit_2d(self, sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-        own = self.state_dict()
+    def _fit_2d(self, sd: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        """The structural step: 2D kernels inflated onto 3D layers, zero lateral inputs, and the layers no
+        2D network has keep their initialisation."""
         out: Dict[str, Tensor] = {}
         for k, v in sd.items():
-            k = self._rename_2d(k, own)
             ref = own.get(k)
             if ref is not None and v.dim() == 4 and ref.dim() == 5:
                 v = inflate_conv_weight(v, ref.shape[2])
@@ -144,13 +147,15 @@ class _From2d:
 
     def checkpoint_filter_fn(self, state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         """A torchvision ``resnet50`` state dict (inflated, see the module doc), a PySlowFast or
-        PyTorchVideo checkpoint (SlowFast / Slow R50: :func:`pyslowfast_to_ours`) or this project's own."""
+        PyTorchVideo checkpoint (SlowFast / Slow R50) or this project's own."""
         keys = list(state_dict)
         if any(k.startswith("blocks.0.") for k in keys) and any(".res_blocks." in k for k in keys):
             state_dict = pytorchvideo_to_pyslowfast(state_dict)
             keys = list(state_dict)
+        own = self.state_dict()
         if "s1.pathway0_stem.conv.weight" in state_dict:
-            return self._from_pyslowfast(state_dict)
+            sd = apply_rules(state_dict, self._PYSLOWFAST_RULES, fields=self._fields())
+            return fit_singleton_time(sd, own)  # a 1 x kh x kw Conv3d on our per-frame Conv2d
         if any(k.startswith("backbone.") for k in keys):
             raise ValueError(
                 f"{type(self).__name__} reads torchvision resnet50 state dicts and this project's checkpoints; "
@@ -161,49 +166,62 @@ class _From2d:
                 "unrecognised checkpoint format: expected a torchvision resnet state dict (conv1.weight, "
                 f"layer1.0.conv1.weight, ..., fc.weight) or this project's keys; found e.g. {sorted(keys)[:5]}"
             )
-        return self._fit_2d(VideoResNet._from_torchvision(self, state_dict))
+        sd = apply_rules(VideoResNet._from_torchvision(self, state_dict), self._FROM_2D_RULES, targets=own)
+        return self._fit_2d(sd, own)
 
 
-    def _from_pyslowfast(self, sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-        own = self.state_dict()
-        two_paths = isinstance(self, SlowFast)
-        bn2 = "agg.norm1" if self.aggregation else "bn2"
-        branch = {"branch1": "downsample.0", "branch1_bn": "downsample.1", "branch2.a": "conv1", "branch2.a_bn": "bn1",
-                  "branch2.b": "conv2", "branch2.b_bn": bn2, "branch2.c": "conv3", "branch2.c_bn": "bn3"}
-        out: Dict[str, Tensor] = {}
-        for k, v in sd.items():
-            dst = k  # unknown keys are kept: strict loading names them
-            m = _PSF_STEM.match(k)
-            if m:
-                p, mod, param = m.groups()
-                pre = ("conv1", "bn1") if p == "0" else ("fast_conv1", "fast_bn1") if two_paths else (None, None)
-                if pre[0]:
-                    dst = f"{pre[0] if mod == 'conv' else pre[1]}.{param}"
-            elif _PSF_FUSE.match(k):
-                s_, mod, param = _PSF_FUSE.match(k).groups()
-                dst = f"fuse.{int(s_) - 1}.{'conv' if mod == 'conv_f2s' else 'bn'}.{param}"
-            elif _PSF_RES.match(k):
-                s_, p, j, mod, param = _PSF_RES.match(k).groups()
-                if mod in branch and (two_paths or p == "0"):
-                    path = (".slow" if p == "0" else ".fast") if two_paths else ""
-                    dst = f"layer{int(s_) - 1}.{j}{path}.{branch[mod]}.{param}"
-            elif k.startswith("head.projection."):
-                dst = "head." + k[len("head.projection."):]
-            ref = own.get(dst)
-            if ref is not None and ref.dim() == 4 and v.dim() == 5 and v.shape[2] == 1:
-                v = v.reshape(v.shape[:2] + v.shape[3:])  # a 1 x kh x kw Conv3d on our per-frame Conv2d
-            out[dst] = v
-        return out
+# -- checkpoint rule sets (tada.models.convert) ---------------------------------------------------------
+#: R(2+1)D: a 2D network's 3x3 conv is the spatial part of ``conv2`` (where the model has one)
+R2PLUS1D_FROM_2D_RULES = (
+    Rule(r"(?P<b>layer\d+\.\d+\.conv2)\.weight", "{b}.spatial.weight", if_target_exists=True),
+)
+#: SlowFast: a 2D network's blocks are the slow pathway (this project's own keys already name theirs)
+SLOWFAST_FROM_2D_RULES = (
+    Rule(r"(?P<b>layer\d+\.\d+)\.(?!slow\.|fast\.)(?P<rest>.+)", "{b}.slow.{rest}"),
+)
+
+_PSF_BRANCH = {"branch1": "downsample.0", "branch1_bn": "downsample.1", "branch2.a": "conv1", "branch2.a_bn": "bn1",
+               "branch2.b": "conv2", "branch2.b_bn": "{bn2}", "branch2.c": "conv3", "branch2.c_bn": "bn3"}
 
 
-_PSF_STEM = re.compile(r"^s1\.pathway(\d)_stem\.(conv|bn)\.(.+)$")
-_PSF_FUSE = re.compile(r"^s(\d)_fuse\.(conv_f2s|bn)\.(.+)$")
-_PSF_RES = re.compile(r"^s(\d)\.pathway(\d)_res(\d+)\.(branch1|branch1_bn|branch2\.[abc](?:_bn)?)\.(.+)$")
-_PTV_STEM = re.compile(r"^blocks\.0\.(?:multipathway_blocks\.(\d)\.)?(conv|norm)\.(.+)$")
-_PTV_FUSE = re.compile(r"^blocks\.(\d)\.multipathway_fusion\.(conv_fast_to_slow|norm)\.(.+)$")
-_PTV_RES = re.compile(r"^blocks\.(\d)\.(?:multipathway_blocks\.(\d)\.)?res_blocks\.(\d+)\."
-                      r"(branch1_conv|branch1_norm|branch2\.(?:conv|norm)_[abc])\.(.+)$")
-_PTV_HEAD = re.compile(r"^blocks\.\d+\.proj\.(.+)$")
+def _pyslowfast_blocks(pathway: str, dst: str) -> Tuple[Rule, ...]:
+    return tuple(
+        Rule(rf"s(?P<s>\d)\.pathway{pathway}_res(?P<j>\d+)\.{re.escape(src)}\.(?P<p>.+)",
+             f"layer{{s-1}}.{{j}}{dst}.{ours}.{{p}}")
+        for src, ours in _PSF_BRANCH.items()
+    )
+
+
+_PSF_COMMON = (
+    Rule(r"s1\.pathway0_stem\.conv\.(?P<p>.+)", "conv1.{p}"),
+    Rule(r"s1\.pathway0_stem\.bn\.(?P<p>.+)", "bn1.{p}"),
+    Rule(r"s(?P<s>\d)_fuse\.conv_f2s\.(?P<p>.+)", "fuse.{s-1}.conv.{p}"),
+    Rule(r"s(?P<s>\d)_fuse\.bn\.(?P<p>.+)", "fuse.{s-1}.bn.{p}"),
+    Rule.prefix("head.projection.", "head."),
+)
+#: PySlowFast ``SLOW_8x8_R50`` -> SlowOnly (pathway 0); pathway-1 keys are kept, so strict loading names them
+PYSLOWFAST_SLOW_RULES = _PSF_COMMON + _pyslowfast_blocks("0", "")
+#: PySlowFast ``SLOWFAST_*_R50`` -> SlowFast: pathway 0 is ``slow``, pathway 1 ``fast`` / ``fast_conv1``
+PYSLOWFAST_SLOWFAST_RULES = _PSF_COMMON + (
+    Rule(r"s1\.pathway1_stem\.conv\.(?P<p>.+)", "fast_conv1.{p}"),
+    Rule(r"s1\.pathway1_stem\.bn\.(?P<p>.+)", "fast_bn1.{p}"),
+) + _pyslowfast_blocks("0", ".slow") + _pyslowfast_blocks("1", ".fast")
+
+_PTV_PATH = r"(?:multipathway_blocks\.(?P<p>\d)\.)?"  # absent in single-pathway models: pathway 0
+_PTV_RES = r"blocks\.(?P<n>\d)\." + _PTV_PATH + r"res_blocks\.(?P<j>\d+)\."
+_PSF_RES = "s{n+1}.pathway{p}_res{j}."
+#: PyTorchVideo ``slowfast_r50`` / ``slow_r50`` keys -> PySlowFast's (a pure renaming; ``{p}`` defaults to 0).
+PYTORCHVIDEO_RULES = (
+    Rule(r"blocks\.0\." + _PTV_PATH + r"conv\.(?P<rest>.+)", "s1.pathway{p}_stem.conv.{rest}"),
+    Rule(r"blocks\.0\." + _PTV_PATH + r"norm\.(?P<rest>.+)", "s1.pathway{p}_stem.bn.{rest}"),
+    Rule(r"blocks\.(?P<n>\d)\.multipathway_fusion\.conv_fast_to_slow\.(?P<rest>.+)", "s{n+1}_fuse.conv_f2s.{rest}"),
+    Rule(r"blocks\.(?P<n>\d)\.multipathway_fusion\.norm\.(?P<rest>.+)", "s{n+1}_fuse.bn.{rest}"),
+    Rule(_PTV_RES + r"branch1_conv\.(?P<rest>.+)", _PSF_RES + "branch1.{rest}"),
+    Rule(_PTV_RES + r"branch1_norm\.(?P<rest>.+)", _PSF_RES + "branch1_bn.{rest}"),
+    Rule(_PTV_RES + r"branch2\.conv_(?P<x>[abc])\.(?P<rest>.+)", _PSF_RES + "branch2.{x}.{rest}"),
+    Rule(_PTV_RES + r"branch2\.norm_(?P<x>[abc])\.(?P<rest>.+)", _PSF_RES + "branch2.{x}_bn.{rest}"),
+    Rule(r"blocks\.\d+\.proj\.(?P<rest>.+)", "head.projection.{rest}"),
+)
 
 
 def pytorchvideo_to_pyslowfast(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
@@ -215,29 +233,7 @@ def pytorchvideo_to_pyslowfast(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     ``blocks.n.multipathway_fusion.{conv_fast_to_slow, norm}`` -> ``s{n+1}_fuse.{conv_f2s, bn}``;
     ``blocks.N.proj`` -> ``head.projection``. Other keys are kept as they are.
     """
-    out: Dict[str, Tensor] = {}
-    for k, v in sd.items():
-        dst = k
-        if _PTV_STEM.match(k):
-            p, mod, param = _PTV_STEM.match(k).groups()
-            dst = f"s1.pathway{p or 0}_stem.{'conv' if mod == 'conv' else 'bn'}.{param}"
-        elif _PTV_FUSE.match(k):
-            n, mod, param = _PTV_FUSE.match(k).groups()
-            dst = f"s{int(n) + 1}_fuse.{'conv_f2s' if mod == 'conv_fast_to_slow' else 'bn'}.{param}"
-        elif _PTV_RES.match(k):
-            n, p, j, mod, param = _PTV_RES.match(k).groups()
-            if mod == "branch1_conv":
-                mod = "branch1"
-            elif mod == "branch1_norm":
-                mod = "branch1_bn"
-            else:
-                kind, x = mod[len("branch2."):].split("_")
-                mod = f"branch2.{x}" + ("_bn" if kind == "norm" else "")
-            dst = f"s{int(n) + 1}.pathway{p or 0}_res{j}.{mod}.{param}"
-        elif _PTV_HEAD.match(k):
-            dst = "head.projection." + _PTV_HEAD.match(k).group(1)
-        out[dst] = v
-    return out
+    return apply_rules(sd, PYTORCHVIDEO_RULES, fields={"p": "0"})
 
 
 # -- R(2+1)D, R3D, SlowOnly -----------------------------------------------------------------------------
@@ -254,6 +250,9 @@ class VideoResNet3d(_From2d, VideoResNet):
         aggregation: T-Pool factory replacing the BN after ``conv_b`` (TAda variants), or None.
         drop_rate, num_classes: head dropout and classifier size.
     """
+
+    _FROM_2D_RULES = R2PLUS1D_FROM_2D_RULES
+    _PYSLOWFAST_RULES = PYSLOWFAST_SLOW_RULES
 
     def __init__(
         self,
@@ -297,12 +296,6 @@ class VideoResNet3d(_From2d, VideoResNet):
         self._init_weights()
         self._init_head(widths[-1], num_classes, float(drop_rate))
 
-    def _rename_2d(self, key: str, own: Mapping[str, Tensor]) -> str:
-        # R(2+1)D: torchvision's 3x3 conv is the spatial part of conv2
-        m = re.match(r"^(layer\d+\.\d+\.conv2)\.weight$", key)
-        if m and key not in own and f"{m.group(1)}.spatial.weight" in own:
-            return f"{m.group(1)}.spatial.weight"
-        return key
 
 
 # -- SlowFast ------------------------------------------------------------------------------------------
@@ -343,6 +336,9 @@ class SlowFast(_From2d, VideoResNet):
         slow_conv_b, fast_conv_b: the spatial conv factories; slow_aggregation, fast_aggregation: T-Pool or None.
         slow_stem, fast_stem: stem conv factories (``stem(3, width, 2)``).
     """
+
+    _FROM_2D_RULES = SLOWFAST_FROM_2D_RULES
+    _PYSLOWFAST_RULES = PYSLOWFAST_SLOWFAST_RULES
 
     grad_checkpoint_types = (DualPathBlock,)
 
@@ -447,11 +443,6 @@ class SlowFast(_From2d, VideoResNet):
         counts[-1] = t - (ts - 1) * a
         return f.reshape(b, c, ts, a, h, w).sum(3) / counts.view(1, 1, ts, 1, 1)
 
-    def _rename_2d(self, key: str, own: Mapping[str, Tensor]) -> str:
-        if key in own:  # this project's own keys
-            return key
-        m = re.match(r"^(layer\d+\.\d+)\.(.+)$", key)
-        return f"{m.group(1)}.slow.{m.group(2)}" if m else key  # a 2D network's block: the slow pathway
 
 
 # -- registered models ------------------------------------------------------------------------------------

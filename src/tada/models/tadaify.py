@@ -63,6 +63,7 @@ from torch import Tensor
 from ..nn import TAdaConv2d, TemporalAggregation
 from ..nn.functional import CAL_DIMS, batch_to_frames, frames_to_batch
 from .base import VideoClassifier
+from .convert import Rule, apply_rules
 from .registry import TADAIFY_PREFIX
 
 __all__ = [
@@ -347,12 +348,16 @@ class TAdaified(VideoClassifier):
         """A checkpoint of the 2D network (its own keys) gets the ``backbone.`` prefix; this model's
         own checkpoints pass as they are. Without a classifier (``num_classes=0``) the checkpoint's
         classifier is dropped."""
-        if not any(k.startswith("backbone.") for k in state_dict):
-            state_dict = {f"backbone.{k}": v for k, v in state_dict.items()}
-        if self.num_classes == 0:
+        own = any(k.startswith("backbone.") for k in state_dict)
+        rules = () if own else FROM_2D_RULES
+        if self.num_classes == 0:  # the classifier's name is this model's: a rule made here, not data
             prefix = self._classifier_name() + "."
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
-        return state_dict
+            rules = (Rule.prefix(prefix if own else prefix[len("backbone."):], None),) + rules
+        return apply_rules(state_dict, rules)
+
+
+#: a checkpoint of the 2D network (its own keys) -> this model's (tada.models.convert)
+FROM_2D_RULES = (Rule(r"(?P<key>.+)", "backbone.{key}"),)
 
 
 # -- conversion -----------------------------------------------------------------------------------

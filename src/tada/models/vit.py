@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import partial
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -39,7 +40,7 @@ from torch import Tensor
 from ..nn.layers import DropPath
 from ..nn import QuickGELU, TAdaConv2d, TemporalAggregation
 from .base import VideoClassifier, mark_new_by_design
-from .convert import conv_to_linear, convert_released_route_attn, squeeze_tada_bias, squeeze_tada_weight
+from .convert import Rule, apply_rules, conv_to_linear, convert_released_route_attn, squeeze_tada_bias, squeeze_tada_weight
 from .pretrained import centre_inflate
 from .registry import register_model
 
@@ -208,13 +209,56 @@ def _rate(v, name: str) -> float:
 # ---------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------
-_CLIP_BLOCK_KEYS = frozenset(
-    f"{m}.{p}" for m in ("ln_1", "ln_2", "attn.out_proj", "mlp.c_fc", "mlp.c_proj") for p in ("weight", "bias")
-) | {"attn.in_proj_weight", "attn.in_proj_bias"}
-# tensors OpenAI's TorchScript CLIP archives carry besides the weights
-_OPENAI_EXTRAS = frozenset({"input_resolution", "context_length", "vocab_size"})
-_BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-_RELEASED_PROJ = {"tada_pre_proj": "pre_proj", "tada_proj": "proj"}
+# -- checkpoint rule sets (tada.models.convert); "patch_embed" / "pos" fit a CLIP patch embedding and
+# positional embedding to this model (tubelet, grid), "branch" converts one released TAda branch
+_CLIP_BLOCK = (r"(?P<rest>(?:ln_1|ln_2|attn\.out_proj|mlp\.c_fc|mlp\.c_proj)\.(?:weight|bias)"
+               r"|attn\.in_proj_weight|attn\.in_proj_bias)")
+_NORM = r"(?P<p>weight|bias|running_mean|running_var|num_batches_tracked)"
+
+
+def _stem_and_post(prefix: str):
+    """The keys CLIP and the release share outside the blocks (``prefix``: a regex)."""
+    return (
+        Rule(prefix + r"conv1\.weight", "patch_embed.weight", "patch_embed"),
+        Rule(prefix + r"positional_embedding", "positional_embedding", "pos"),
+        Rule(prefix + r"(?P<k>class_embedding|ln_pre\.weight|ln_pre\.bias)", "{k}"),
+        Rule(prefix + r"ln_post\.(?P<p>weight|bias)", "head_norm.{p}"),
+        Rule(prefix + r"proj", None),  # CLIP's projection into the joint embedding space: not used
+    )
+
+
+#: this project's own keys: only the patch and positional embeddings are fitted
+OWN_RULES = (
+    Rule(r"patch_embed\.weight", "patch_embed.weight", "patch_embed"),
+    Rule(r"positional_embedding", "positional_embedding", "pos"),
+)
+#: tensors OpenAI's TorchScript CLIP archives carry besides the weights
+OPENAI_EXTRAS_RULES = (Rule(r"input_resolution|context_length|vocab_size", None),)
+#: a CLIP visual tower (OpenAI / open_clip keys without ``visual.``)
+CLIP_VISUAL_RULES = _stem_and_post("") + (
+    Rule(r"transformer\.resblocks\.(?P<i>\d+)\." + _CLIP_BLOCK, "blocks.{i}.{rest}"),
+)
+#: the paper's released TAdaFormer: CLIP's keys under ``backbone.`` (``layers.N`` for ``resblocks.N``), the
+#: TAda branches ``layers.N.tada(2)`` (:data:`RELEASED_BRANCH_RULES`), ``head.out``
+RELEASED_RULES = (
+    Rule(r"head\.out\.(?P<p>weight|bias)", "head.{p}"),
+    *_stem_and_post(r"backbone\."),
+    Rule(r"backbone\.layers\.(?P<i>\d+)\.(?P<b>tada2?)\.(?P<rest>.+)", "blocks.{i}.{b}", group="branch"),
+    Rule(r"backbone\.layers\.(?P<i>\d+)\." + _CLIP_BLOCK, "blocks.{i}.{rest}"),
+)
+#: one released TAda branch (keys relative to it) -> :class:`TAdaBlock` keys under ``{dst}``; T-Pool's
+#: ``bn_a`` normalises y, ``bn_b`` the pooled y; the projections were released as pointwise Conv3d
+RELEASED_BRANCH_RULES = (
+    Rule(r"tadaconv\.rf_func\.(?P<rest>.+)", "{dst}.conv.routing", group="route_attn"),
+    Rule(r"tadaconv\.weight", "{dst}.conv.weight", squeeze_tada_weight),
+    Rule(r"tadaconv\.bias", "{dst}.conv.bias", squeeze_tada_bias),
+    Rule(r"tadaconv\.bn_a\." + _NORM, "{dst}.tpool.norm1.{p}"),
+    Rule(r"tadaconv\.bn_b\." + _NORM, "{dst}.tpool.norm2.{p}"),
+    Rule(r"tada_pre_proj\.weight", "{dst}.pre_proj.weight", "pre_proj"),
+    Rule(r"tada_pre_proj\.bias", "{dst}.pre_proj.bias"),
+    Rule(r"tada_proj\.weight", "{dst}.proj.weight", conv_to_linear),
+    Rule(r"tada_proj\.bias", "{dst}.proj.bias"),
+)
 
 
 class VideoViT(VideoClassifier):
@@ -369,7 +413,8 @@ class VideoViT(VideoClassifier):
 
     # -- checkpoints --------------------------------------------------------------------------
     def checkpoint_filter_fn(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        """Convert a checkpoint to this model's keys (pure: returns a new dict). Detected formats:
+        """Convert a checkpoint to this model's keys (pure: returns a new dict). Detected formats, each
+        a rule set below:
 
         * OpenAI CLIP / open_clip full model (``visual.conv1.weight``, ``visual.transformer.resblocks.N``;
           the text tower, ``visual.proj`` and TorchScript extras are dropped);
@@ -383,25 +428,30 @@ class VideoViT(VideoClassifier):
         init (new by design).
         """
         sd = dict(state_dict)
+        fits = {"patch_embed": self._fit_patch_embed, "pos": self._fit_pos, "branch": self._released_branch}
         if "patch_embed.weight" in sd or any(k.startswith("blocks.") for k in sd):
-            return self._from_own(sd)
+            return apply_rules(sd, OWN_RULES, transforms=fits)
         if any(k.startswith("backbone.") for k in sd):
-            return self._from_released(sd)
+            return apply_rules(sd, RELEASED_RULES, transforms=fits, unmatched="error", what=(
+                "released checkpoint with keys that are not a TAdaFormer's (expected backbone.{conv1, "
+                "class_embedding, positional_embedding, ln_pre, ln_post}, backbone.layers.N.*, head.out.*)"))
         if any(k.startswith("visual.trunk.") for k in sd):
             raise ValueError("open_clip models with a timm trunk (visual.trunk.*) are not CLIP ViTs; "
                              "expected visual.conv1.weight / visual.transformer.resblocks.N.*")
         if "visual.conv1.weight" in sd:
-            visual = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
-            return self._from_clip_visual(visual)
-        if "conv1.weight" in sd and "class_embedding" in sd:
-            return self._from_clip_visual({k: v for k, v in sd.items() if k not in _OPENAI_EXTRAS})
-        raise ValueError(
-            "unrecognised checkpoint format for a CLIP ViT; expected OpenAI CLIP / open_clip "
-            "(visual.conv1.weight, visual.transformer.resblocks.N.*), a CLIP visual tower (conv1.weight, "
-            "class_embedding, transformer.resblocks.N.*), a released TAdaFormer (backbone.conv1.weight, "
-            f"backbone.layers.N.*) or this model's own keys (patch_embed.weight, blocks.N.*); got keys like "
-            f"{sorted(sd)[:6]}"
-        )
+            visual = apply_rules(sd, (Rule.prefix("visual.", ""),), unmatched="drop")  # the text tower goes
+        elif "conv1.weight" in sd and "class_embedding" in sd:
+            visual = apply_rules(sd, OPENAI_EXTRAS_RULES)
+        else:
+            raise ValueError(
+                "unrecognised checkpoint format for a CLIP ViT; expected OpenAI CLIP / open_clip "
+                "(visual.conv1.weight, visual.transformer.resblocks.N.*), a CLIP visual tower (conv1.weight, "
+                "class_embedding, transformer.resblocks.N.*), a released TAdaFormer (backbone.conv1.weight, "
+                f"backbone.layers.N.*) or this model's own keys (patch_embed.weight, blocks.N.*); got keys like "
+                f"{sorted(sd)[:6]}"
+            )
+        return apply_rules(visual, CLIP_VISUAL_RULES, transforms=fits, unmatched="error",
+                           what="CLIP visual tower with keys this ViT does not have")
 
     def _fit_patch_embed(self, w: Tensor) -> Tensor:
         target = self.patch_embed.weight
@@ -419,110 +469,21 @@ class VideoViT(VideoClassifier):
                 return resample_pos_embed(pos, (self.grid_size, self.grid_size))
         return pos
 
-    def _stem_and_post(self, key: str, v: Tensor, out: Dict[str, Tensor]) -> bool:
-        """Map the keys CLIP and the release share outside the blocks; False if ``key`` is not one."""
-        if key == "conv1.weight":
-            out["patch_embed.weight"] = self._fit_patch_embed(v)
-        elif key == "positional_embedding":
-            out["positional_embedding"] = self._fit_pos(v)
-        elif key == "class_embedding" or key in ("ln_pre.weight", "ln_pre.bias"):
-            out[key] = v
-        elif key in ("ln_post.weight", "ln_post.bias"):
-            out["head_norm." + key.split(".")[1]] = v
-        elif key == "proj":
-            pass  # CLIP's projection into the joint embedding space: not used by the video model
-        else:
-            return False
-        return True
-
-    def _from_own(self, sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        if "patch_embed.weight" in sd:
-            sd["patch_embed.weight"] = self._fit_patch_embed(sd["patch_embed.weight"])
-        if "positional_embedding" in sd:
-            sd["positional_embedding"] = self._fit_pos(sd["positional_embedding"])
-        return sd
-
-    def _from_clip_visual(self, visual: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        out: Dict[str, Tensor] = {}
-        unknown = []
-        for k, v in visual.items():
-            if self._stem_and_post(k, v, out):
-                continue
-            m = re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+)", k)
-            if m and m.group(2) in _CLIP_BLOCK_KEYS:
-                out[f"blocks.{m.group(1)}.{m.group(2)}"] = v
-            else:
-                unknown.append(k)
-        if unknown:
-            raise ValueError(f"CLIP visual tower with keys this ViT does not have: {sorted(unknown)[:8]}")
-        return out
-
-    def _from_released(self, sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        out: Dict[str, Tensor] = {}
-        branches: Dict[Tuple[str, str], Dict[str, Tensor]] = {}
-        unknown = []
-        for k, v in sd.items():
-            if k in ("head.out.weight", "head.out.bias"):
-                out["head." + k.rsplit(".", 1)[1]] = v
-                continue
-            if not k.startswith("backbone."):
-                unknown.append(k)
-                continue
-            key = k[len("backbone."):]
-            if self._stem_and_post(key, v, out):
-                continue
-            m = re.fullmatch(r"layers\.(\d+)\.(tada2?)\.(.+)", key)
-            if m:
-                branches.setdefault((m.group(1), m.group(2)), {})[m.group(3)] = v
-                continue
-            m = re.fullmatch(r"layers\.(\d+)\.(.+)", key)
-            if m and m.group(2) in _CLIP_BLOCK_KEYS:
-                out[f"blocks.{m.group(1)}.{m.group(2)}"] = v
-            else:
-                unknown.append(k)
-        if unknown:
-            raise ValueError(
-                f"released checkpoint with keys that are not a TAdaFormer's: {sorted(unknown)[:8]} "
-                "(expected backbone.{conv1, class_embedding, positional_embedding, ln_pre, ln_post}, "
-                "backbone.layers.N.*, head.out.*)"
-            )
-        for (i, name), rel in sorted(branches.items()):
-            out.update(self._released_branch(rel, f"blocks.{i}.{name}"))
-        return out
+    def _fit_pre_proj(self, w: Tensor) -> Tensor:
+        # released as a pointwise Conv3d (or a Linear); ours is a (3,1,1) Conv3d with temp_enhance
+        if self.temp_enhance:
+            return w[:, :, None, None, None] if w.dim() == 2 else w
+        return conv_to_linear(w)
 
     def _released_branch(self, rel: Dict[str, Tensor], dst: str) -> Dict[str, Tensor]:
         """One released TAda branch ``{tada_pre_proj, tadaconv.{weight, bias, rf_func, bn_a, bn_b},
-        tada_proj}`` -> :class:`TAdaBlock` keys under ``dst``."""
-        out: Dict[str, Tensor] = {}
-        rf: Dict[str, Tensor] = {}
-        unknown = []
-
-        def fit_proj(module: str, w: Tensor) -> Tensor:
-            # released as pointwise / temporal Conv3d weights; 2-D Linear weights are accepted too
-            if module == "tada_pre_proj" and self.temp_enhance:  # ours is a (3,1,1) Conv3d
-                return w[:, :, None, None, None] if w.dim() == 2 else w
-            return conv_to_linear(w)
-
-        for k, v in rel.items():
-            module, _, param = k.partition(".")
-            bn = re.fullmatch(r"tadaconv\.(bn_a|bn_b)\.(\w+)", k)
-            if k.startswith("tadaconv.rf_func."):
-                rf[k[len("tadaconv.rf_func."):]] = v
-            elif module in _RELEASED_PROJ and param in ("weight", "bias"):
-                out[f"{dst}.{_RELEASED_PROJ[module]}.{param}"] = fit_proj(module, v) if param == "weight" else v
-            elif k == "tadaconv.weight":
-                out[f"{dst}.conv.weight"] = squeeze_tada_weight(v)
-            elif k == "tadaconv.bias":
-                out[f"{dst}.conv.bias"] = squeeze_tada_bias(v)
-            elif bn and bn.group(2) in _BN_KEYS:  # T-Pool: bn_a normalises y, bn_b the pooled y
-                out[f"{dst}.tpool.{'norm1' if bn.group(1) == 'bn_a' else 'norm2'}.{bn.group(2)}"] = v
-            else:
-                unknown.append(k)
-        if unknown:
-            raise ValueError(f"released TAda branch {dst} with unknown keys: {sorted(unknown)[:8]}")
-        if rf:
-            out.update(convert_released_route_attn(rf, f"{dst}.conv.routing", head_dim=self.tada_head_dim))
-        return out
+        tada_proj}`` -> :class:`TAdaBlock` keys under ``dst`` (:data:`RELEASED_BRANCH_RULES`)."""
+        return apply_rules(
+            rel, RELEASED_BRANCH_RULES, fields={"dst": dst}, unmatched="error",
+            what=f"released TAda branch {dst} with unknown keys",
+            transforms={"pre_proj": self._fit_pre_proj,
+                        "route_attn": partial(convert_released_route_attn, head_dim=self.tada_head_dim)},
+        )
 
     def extra_repr(self) -> str:
         return (
