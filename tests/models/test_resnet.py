@@ -14,23 +14,9 @@ from tada.models.flops import profile_model
 from tada.models.resnet import Bottleneck, VideoResNet, aggregate_frame_major
 from tada.nn import TemporalAggregation
 from tada.nn.functional import batch_to_frames, frames_to_batch
+from model_testing import randomise_bn as _randomise_bn, rel_err as _rel_err  # noqa: E402
 
 
-def _rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
-
-
-def _randomise_bn(model, g):
-    """Non-trivial BN statistics and affine parameters, so no BN is an identity."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-    return model
 
 
 def _snapshot(model):

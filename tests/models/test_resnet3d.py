@@ -14,6 +14,7 @@ from tada.models import load_pretrained
 from tada.models.builders import inflate_conv_weight
 from tada.models.resnet3d import DualPathBlock, SlowFast, VideoResNet3d
 from tada.nn import TAdaConv2d, TAdaConv3d
+from model_testing import randomise_bn as _randomise_bn, rel_err as _rel_err  # noqa: E402
 
 PLAIN_TADA = [
     ("r2plus1d_r50", "tada_r2plus1d_r50", {}),
@@ -28,20 +29,6 @@ NEW = sorted({n for p, t, _ in PLAIN_TADA for n in (p, t)})
 SMALL = dict(depths=(1, 1, 1, 1), widths=(64, 128, 256, 512), stem_width=32)
 
 
-def _rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
-
-
-def _randomise_bn(model, g):
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-    return model
 
 
 def _randomise_routing(model, g):

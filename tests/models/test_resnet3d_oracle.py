@@ -4,18 +4,11 @@ logits on the same clip."""
 import torch
 
 import tada
+from model_testing import randomise_bn
 
 
 def _randomise(model):
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-    return model.eval()
+    return randomise_bn(model, torch.Generator().manual_seed(0)).eval()
 
 
 def _compare(source, ours_name, x_ours, x_source, tmp_path, **ours_kwargs):

@@ -11,6 +11,7 @@ import tada
 from tada.models import TAdaified, load_pretrained, tadaify
 from tada.models.tadaify import FoldedTAdaConv2d, PlugInTPool, _FRAMES, is_spatial_conv, num_frames
 from tada.nn import RouteFuncAttn, RouteFuncMLP, TAdaConv2d
+from model_testing import randomise_bn  # noqa: E402
 
 # (source, name): small members of the families; every one has spatial convs, the ones marked below
 # have depthwise (cout) or grouped (cin) convs
@@ -50,15 +51,10 @@ def _build(source, name, num_classes=CLASSES, seed=0):
 def _randomise_norms(model, seed=0):
     """Non-trivial norm statistics and affine parameters, so no norm is an identity."""
     g = torch.Generator().manual_seed(seed)
+    randomise_bn(model, g)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-            elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+            if isinstance(m, nn.LayerNorm) and m.weight is not None:
                 m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
                 m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
     return model
