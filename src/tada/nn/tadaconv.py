@@ -17,6 +17,24 @@ __all__ = ["TAdaConv2d"]
 ROUTINGS = {"v1": RouteFuncMLP, "v2": RouteFuncAttn}
 
 
+def check_conv_args(in_channels, out_channels, groups, cal_dim, cal_dims, impl, impls, bias, bias_calibration,
+                    where: str = "") -> None:
+    """The constructor checks TAdaConv2d and TAdaConv3d share (``where``: e.g. " for TAdaConv3d")."""
+    for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"in_channels={in_channels} and out_channels={out_channels} must be divisible by groups={groups}"
+        )
+    if cal_dim not in cal_dims:
+        raise ValueError(f"unknown cal_dim {cal_dim!r}{where}; expected one of {cal_dims}")
+    if impl not in impls:
+        raise ValueError(f"unknown impl {impl!r}; expected one of {impls}")
+    if bias_calibration and not bias:
+        raise ValueError("bias_calibration=True needs bias=True")
+
+
 class TAdaConv2d(nn.Module):
     """Temporally-adaptive 2D convolution on ``(B, C_in, T, H, W)``.
 
@@ -56,21 +74,9 @@ class TAdaConv2d(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"in_channels={in_channels} and out_channels={out_channels} must be divisible by groups={groups}"
-            )
-        if cal_dim not in CAL_DIMS:
-            raise ValueError(f"unknown cal_dim {cal_dim!r}; expected one of {CAL_DIMS}")
-        if impl not in IMPLS:
-            raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS}")
+        check_conv_args(in_channels, out_channels, groups, cal_dim, CAL_DIMS, impl, IMPLS, bias, bias_calibration)
         if impl == "fast" and cal_dim == "k2":
             raise ValueError("cal_dim='k2' has no exact fast path: use impl='grouped' or 'auto'")
-        if bias_calibration and not bias:
-            raise ValueError("bias_calibration=True needs bias=True")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = _pair(kernel_size)
         self.stride, self.dilation = _pair(stride), _pair(dilation)

@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .functional3d import CAL_DIMS_3D, IMPLS_3D, _triple, output_frames, sample_output_frames, tada_conv3d
-from .tadaconv import ROUTINGS
+from .tadaconv import ROUTINGS, check_conv_args
 
 __all__ = ["TAdaConv3d"]
 
@@ -65,19 +65,8 @@ class TAdaConv3d(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"in_channels={in_channels} and out_channels={out_channels} must be divisible by groups={groups}"
-            )
-        if cal_dim not in CAL_DIMS_3D:
-            raise ValueError(f"unknown cal_dim {cal_dim!r} for TAdaConv3d; expected one of {CAL_DIMS_3D}")
-        if impl not in IMPLS_3D:
-            raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS_3D}")
-        if bias_calibration and not bias:
-            raise ValueError("bias_calibration=True needs bias=True")
+        check_conv_args(in_channels, out_channels, groups, cal_dim, CAL_DIMS_3D, impl, IMPLS_3D, bias,
+                        bias_calibration, " for TAdaConv3d")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = _triple(kernel_size, "kernel_size", 1)
         self.stride = _triple(stride, "stride", 1)
