@@ -150,9 +150,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(trainer, cfg) -> int:
-    from tada.engine.build import build_dataset
-
-    ds, _ = build_dataset(cfg, "test")
+    ds, _ = type(trainer.task).build_dataset(cfg, "test")
     res = trainer.evaluate(ds)
     print(f"test: {trainer.task.summary(res)}")
     for k, v in trainer.write_report(res, "test").items():

@@ -115,9 +115,10 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 
 def build_loader(cfg: Config, ds, *, train: bool, rank: int = 0, world_size: int = 1, skip_batches: int = 0,
-                 epoch: int = 0, device=torch.device("cpu")) -> DataLoader:
+                 epoch: int = 0, device=torch.device("cpu"), collate_fn=None) -> DataLoader:
     """This rank's share of ``ds``: shuffled per epoch and without a last partial batch in training,
-    every view once (padded to equal shares, counted once by the metrics) in evaluation."""
+    every view once (padded to equal shares, counted once by the metrics) in evaluation. ``collate_fn``:
+    the task's (:meth:`~tada.engine.tasks.Task.collate`; default :func:`tada.data.collate_views`)."""
     d = cfg.data
     sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=train, seed=cfg.train.seed,
                                  drop_last=train)
@@ -126,7 +127,7 @@ def build_loader(cfg: Config, ds, *, train: bool, rank: int = 0, world_size: int
         sampler = _SkipSampler(sampler, skip_batches * d.batch_size)
     g = torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch)
     return DataLoader(ds, batch_size=d.batch_size, sampler=sampler, num_workers=d.num_workers,
-                      collate_fn=D.collate_views, drop_last=train, generator=g,
+                      collate_fn=collate_fn or D.collate_views, drop_last=train, generator=g,
                       worker_init_fn=ignore_stop_signals if d.num_workers else None,
                       pin_memory=torch.device(device).type == "cuda", persistent_workers=False)
 
@@ -171,7 +172,7 @@ def load_for_inference(checkpoint, device="cpu"):
     from .tasks import build_task
 
     task = build_task(cfg, labels)
-    model = build_model(cfg, task.num_outputs(), pretrained=False)
+    model = task.build_model(pretrained=False)
     try:
         model.load_state_dict(state["model_state"])
     except RuntimeError as e:

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from ..data.labels import LabelSpace
 from .distributed import collective
 
 __all__ = ["evaluate", "run_model"]
@@ -50,7 +51,8 @@ def run_model(model: nn.Module, loader, on_batch: Callable, *, device, autocast:
 def evaluate(model: nn.Module, loader, task, *, device, autocast: Callable = nullcontext, progress: bool = False):
     """The task's evaluation result of ``model`` on ``loader`` (all ranks' views gathered)."""
     acc = task.accumulator()
-    run_model(model, loader, acc.add, device=device, autocast=autocast, progress=progress)
+    run_model(model, loader, acc.add, device=device, autocast=autocast, progress=progress, inputs=task.inputs,
+              forward=task.eval_outputs)
     with collective("gathering evaluation results"):
         acc.gather()
     res = acc.result()
@@ -66,19 +68,20 @@ def test_checkpoint(cfg, checkpoint, *, ema: bool = False, progress: bool = Fals
     Returns ``(task, result, {what: path})``."""
     from pathlib import Path
 
-    from .build import autocast_for, build_dataset, build_loader, build_model, load_weights
+    from .build import autocast_for, build_loader, load_weights
     from .distributed import init_distributed
-    from .tasks import build_task
+    from .tasks import build_task, task_class
 
     if not cfg.data.test_list:
         raise ValueError("data.test_list is not set (give it in the config or as data.test_list=PATH)")
     dist = init_distributed(cfg.train.device, cfg.train.dist_timeout)
-    ds, labels = build_dataset(cfg, "test")
-    task = build_task(cfg, labels)
-    task.check_labels(ds.samples, "test")
-    model = build_model(cfg, task.num_outputs(), dist.device, pretrained=False)
+    ds, labels = task_class(cfg).build_dataset(cfg, "test")
+    task = build_task(cfg, LabelSpace.from_parser(labels))
+    task.check_labels(getattr(ds, "samples", ()), "test")
+    model = task.build_model(dist.device, pretrained=False)
     load_weights(model, checkpoint, ema=ema, name=cfg.model.name)
-    loader = build_loader(cfg, ds, train=False, rank=dist.rank, world_size=dist.world_size, device=dist.device)
+    loader = build_loader(cfg, ds, train=False, rank=dist.rank, world_size=dist.world_size, device=dist.device,
+                          collate_fn=task.collate)
     res = evaluate(model, loader, task, device=dist.device, autocast=autocast_for(cfg, dist.device),
                    progress=progress and dist.is_main)
     files = {}

@@ -35,14 +35,14 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from ..data.labels import LabelSpace
-from .build import autocast_for, build_dataset, build_loader, build_model, load_weights, test_transforms
+from .build import autocast_for, build_dataset, build_loader, load_weights, test_transforms
 from .checkpoint import config_diff, load_checkpoint, remove_partial_writes, save_checkpoint, set_rng_state
 from .config import Config, to_dict
 from .distributed import (DistInfo, all_reduce_mean, any_rank, barrier, collective, init_distributed,
                           is_distributed)
 from .evaluate import evaluate
 from .optim import build_optimizer, build_scheduler, scaled_lr
-from .tasks import Task, build_task
+from .tasks import Task, build_task, task_class
 
 __all__ = ["Trainer", "TrainingStopped", "build_dataset", "test_transforms"]  # the last two: from .build
 
@@ -87,9 +87,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
 
         self.datasets = dict(datasets or {})
+        make = task_class(cfg).build_dataset if task is None else type(task).build_dataset
         for split in splits:
             if split not in self.datasets and getattr(cfg.data, f"{split}_list"):
-                self.datasets[split] = build_dataset(cfg, split)
+                self.datasets[split] = make(cfg, split)
         self.datasets = {k: (ds, LabelSpace.from_parser(lab)) for k, (ds, lab) in self.datasets.items()}
         ref = next(iter(self.datasets.values()), None)
         if ref is None and not cfg.model.num_classes:
@@ -98,7 +99,7 @@ class Trainer:
         self.task = task if task is not None else build_task(cfg, self.labels)
         for split, (ds, _) in self.datasets.items():
             self.task.check_labels(getattr(ds, "samples", ()), split)
-        self.model = build_model(cfg, self.task.num_outputs(), self.device)
+        self.model = self.task.build_model(self.device)
         self.ema = None
         if cfg.train.ema_decay:  # after the pretrained weights are in (create_model loaded them)
             from timm.utils import ModelEmaV3
@@ -157,7 +158,7 @@ class Trainer:
 
     def _loader(self, ds, *, train: bool, skip_batches: int = 0, epoch: int = 0) -> DataLoader:
         return build_loader(self.cfg, ds, train=train, rank=self.dist.rank, world_size=self.dist.world_size,
-                            skip_batches=skip_batches, epoch=epoch, device=self.device)
+                            skip_batches=skip_batches, epoch=epoch, device=self.device, collate_fn=self.task.collate)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
@@ -253,8 +254,8 @@ class Trainer:
         for batch in loader:
             for replaced in batch.get("replaced", ()):
                 self.unreadable.update(replaced)
-            x = batch["video"].to(self.device, non_blocking=True)
-            if cfg.train.channels_last:
+            x = self.task.inputs(batch).to(self.device, non_blocking=True)
+            if cfg.train.channels_last and x.dim() == 5:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             x, batch = self.task.prepare(x, batch)
             sync = (micro + 1) % accum == 0
@@ -263,7 +264,7 @@ class Trainer:
             peers = collective(f"step {self.step + 1} (forward and backward with the gradient all-reduce)")
             with ctx, peers:
                 with self._autocast():
-                    logits = self.forward_model(x)
+                    logits = self.task.forward(self.forward_model, x)
                 loss = self.task.loss(logits, batch)
                 finite = bool(torch.isfinite(loss))
                 if any_rank(not finite, self.device, "agreeing on whether a loss is NaN"):  # all ranks stop

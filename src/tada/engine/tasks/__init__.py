@@ -17,7 +17,7 @@ from typing import Dict, Type
 
 from .base import Accumulator, Task
 
-__all__ = ["Task", "Accumulator", "register_task", "build_task", "list_tasks"]
+__all__ = ["Task", "Accumulator", "register_task", "build_task", "list_tasks", "task_class"]
 
 _TASKS: Dict[str, Type[Task]] = {}
 
@@ -33,6 +33,22 @@ def list_tasks():
     return sorted(_TASKS)
 
 
+def _lookup(name: str) -> Type[Task]:
+    if name not in _TASKS:
+        close = difflib.get_close_matches(name, list(_TASKS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"task.name={name!r} is not a registered task ({', '.join(list_tasks())}){hint}")
+    return _TASKS[name]
+
+
+def task_class(cfg) -> Type[Task]:
+    """The class of the task ``cfg.task`` names, before its label space is known: its
+    :meth:`~Task.build_dataset` makes the datasets the label space comes from (``auto``: the video
+    tasks' datasets, which ``classification`` and ``verb_noun`` share)."""
+    name = cfg.task.name
+    return Task if name == "auto" else _lookup(name)
+
+
 def build_task(cfg, labels) -> Task:
     """The task ``cfg.task`` names (``auto``: ``verb_noun`` for a two-head label space, else
     ``classification``) for label space ``labels``."""
@@ -41,11 +57,7 @@ def build_task(cfg, labels) -> Task:
     name = cfg.task.name
     if name == "auto":
         name = "verb_noun" if labels.multi_head else "classification"
-    if name not in _TASKS:
-        close = difflib.get_close_matches(name, list(_TASKS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"task.name={name!r} is not a registered task ({', '.join(list_tasks())}){hint}")
-    cls = _TASKS[name]
+    cls = _lookup(name)
     if cls.Options is None:
         if cfg.task.kwargs:
             raise ValueError(f"task {name!r} takes no options, got task.kwargs={cfg.task.kwargs}")

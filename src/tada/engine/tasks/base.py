@@ -2,9 +2,14 @@
 (:class:`~tada.engine.trainer.Trainer`) and the evaluator (:func:`~tada.engine.evaluate.evaluate`) call
 only these methods, so they know nothing about labels.
 
-A batch is the dict :func:`tada.data.collate_views` makes (``video``, ``label``, ``index``, ``view``,
-``valid``, ``replaced``); a task may read any of it. ``outputs`` is what the model returns for
-``batch["video"]`` (``(B, num_outputs())``).
+By default a task trains a video model (:func:`~tada.engine.build.build_model`) on the video datasets of
+the data section (:func:`~tada.engine.build.build_dataset`), and a batch is the dict
+:func:`tada.data.collate_views` makes (``video``, ``label``, ``index``, ``view``, ``valid``, ``replaced``);
+a task may read any of it. ``outputs`` is what :meth:`Task.forward` returns for :meth:`Task.inputs` of the
+batch (for classification ``(B, num_outputs())`` logits). A task on other inputs (e.g. localisation on
+pre-extracted features) overrides the data and model hooks: :meth:`Task.build_dataset` (a classmethod,
+called before the task exists, since the task is built from the datasets' label space),
+:meth:`Task.collate`, :meth:`Task.inputs`, :meth:`Task.forward` and :meth:`Task.build_model`.
 """
 from __future__ import annotations
 
@@ -39,6 +44,40 @@ class Task:
 
     def __init__(self, labels: LabelSpace, cfg, options=None):
         self.labels, self.cfg, self.options = labels, cfg, options
+
+    # -- data and model -----------------------------------------------------------------------
+    @classmethod
+    def build_dataset(cls, cfg, split: str, *, train: Optional[bool] = None):
+        """``(dataset, label space or parser)`` of ``split`` (train / val / test); default: the video clips
+        of the data section."""
+        from ..build import build_dataset
+
+        return build_dataset(cfg, split, train=train)
+
+    @staticmethod
+    def collate(items):
+        """The loaders' ``collate_fn`` (a plain function, so DataLoader workers can pickle it)."""
+        from ...data.datasets import collate_views
+
+        return collate_views(items)
+
+    def inputs(self, batch: Dict[str, Any]) -> Tensor:
+        """The model's input in a batch."""
+        return batch["video"]
+
+    def forward(self, model, x: Tensor):
+        """The model's outputs for input ``x`` (what :meth:`loss` and the accumulator receive)."""
+        return model(x)
+
+    def eval_outputs(self, model, x: Tensor):
+        """:meth:`forward` in evaluation, in float32 (autocast may have run it in bf16)."""
+        return self.forward(model, x).float()
+
+    def build_model(self, device=torch.device("cpu"), *, pretrained: bool = True):
+        """The model the config names, with a head of :meth:`num_outputs`."""
+        from ..build import build_model
+
+        return build_model(self.cfg, self.num_outputs(), device, pretrained=pretrained)
 
     # -- the model ------------------------------------------------------------------------------
     def num_outputs(self) -> int:
