@@ -160,6 +160,21 @@ def test_inference_path_equals_autograd_path():
             assert torch.equal(tada_conv3d(x, weight, alpha, bias, beta, **kw), with_grad.detach())
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] == "cin"], ids=[_ids(c) for c in CASES if c[0] == "cin"])
+def test_inference_path_equals_grouped_on_the_grid(case):
+    # without gradients the cin path builds Z a chunk of output frames at a time (T // kt frames per
+    # chunk, so several chunks at kt = 3): every geometry of the grid still equals the grouped reference
+    x, weight, alpha, bias, beta, kw = make_case(*case)
+    with torch.no_grad():
+        fast = tada_conv3d(x, weight, alpha, bias, beta, impl="fast", **kw)
+        ref = tada_conv3d(x, weight, alpha, bias, beta, impl="grouped", **kw)
+    assert rel_err(fast, ref) < 1e-12
+    alpha2 = alpha.detach().clone()
+    alpha2[0, 0, alpha2.shape[-1] // 2:] += 0.5  # control: the later chunks' calibrations matter
+    with torch.no_grad():
+        assert rel_err(tada_conv3d(x, weight, alpha2, bias, beta, impl="fast", **kw), ref) > 1e-6
+
+
 def test_fast_path_saves_no_unfolded_input_for_backward():
     # autograd keeps x, weight and alpha (alive anyway) and no tensor the size of the unfolded input;
     # the grouped reference keeps its B*T_out kernels

@@ -250,21 +250,28 @@ def _tap_ranges(frames: int, kt: int, st: int, pt: int, dt: int, t_out: int):
     return out
 
 
-def _scaled_windows(x: Tensor, a: Optional[Tensor], kt: int, st: int, pt: int, dt: int, t_out: int) -> Tensor:
-    """``Z[b, t, c, tau] = a[b, t, c] * x[b, c, s*t + d*tau - p]`` (zero outside the clip), contiguous
-    ``(B, T_out, C, kt, H, W)``; ``a`` is ``(B, T_out, C)``, or None for the unscaled windows. Not
-    differentiable (used outside autograd)."""
+def _scaled_windows(x: Tensor, a: Optional[Tensor], kt: int, st: int, pt: int, dt: int, t_out: int,
+                    first: int = 0, last: Optional[int] = None) -> Tensor:
+    """``Z[b, t, c, tau] = a[b, t, c] * x[b, c, s*t + d*tau - p]`` (zero outside the clip) for the output
+    frames ``first <= t < last`` (default: all), contiguous ``(B, last - first, C, kt, H, W)``; ``a`` is
+    ``(B, T_out, C)``, or None for the unscaled windows. Not differentiable (used outside autograd)."""
     b, c, frames, h, w = x.shape
-    z = x.new_empty(b, t_out, c, kt, h, w, dtype=x.dtype if a is None else torch.result_type(x, a))
-    ranges = _tap_ranges(frames, kt, st, pt, dt, t_out)
-    if len(ranges) < kt or any(t0 > 0 or t1 < t_out for _, t0, t1, _ in ranges):
+    last = t_out if last is None else last
+    z = x.new_empty(b, last - first, c, kt, h, w, dtype=x.dtype if a is None else torch.result_type(x, a))
+    ranges = []
+    for tau, t0, t1, j0 in _tap_ranges(frames, kt, st, pt, dt, t_out):
+        lo, hi = max(t0, first), min(t1, last)
+        if hi > lo:
+            ranges.append((tau, lo, hi, j0 + st * (lo - t0)))
+    if len(ranges) < kt or any(t0 > first or t1 < last for _, t0, t1, _ in ranges):
         z.zero_()
     for tau, t0, t1, j0 in ranges:
         src = x[:, :, j0: j0 + st * (t1 - t0 - 1) + 1: st].transpose(1, 2)  # (B, n, C, H, W)
+        dst = z[:, t0 - first:t1 - first, :, tau]
         if a is None:
-            z[:, t0:t1, :, tau].copy_(src)
+            dst.copy_(src)
         else:
-            torch.mul(src, a[:, t0:t1, :, None, None], out=z[:, t0:t1, :, tau])
+            torch.mul(src, a[:, t0:t1, :, None, None], out=dst)
     return z
 
 
@@ -321,6 +328,29 @@ class _CinConv(torch.autograd.Function):
         return gx, ga, gw, gb, None
 
 
+def _cin_inference(x: Tensor, a: Tensor, w2: Tensor, bias: Optional[Tensor], geometry) -> Tensor:
+    """The no-gradient ``cin`` path, ``(B*T_out, C_out, H', W')``, with ``Z`` built a chunk of output
+    frames at a time: each chunk's ``Z`` holds about as many elements as ``x`` (not ``kt * T_out / T``
+    times as many), so inference memory stays near a Conv3d's. One chunk (one conv2d) when
+    ``T_out <= T / kt``."""
+    kt, st, pt, dt, t_out = geometry[:5]
+    b, frames = x.shape[0], x.shape[2]
+    chunk = max(1, min(t_out, frames // kt))
+    if chunk >= t_out or torch.jit.is_tracing() or torch.jit.is_scripting():
+        z = _scaled_windows(x, a, kt, st, pt, dt, t_out).flatten(0, 1).flatten(1, 2)
+        return F.conv2d(z, w2, bias, *geometry[5:])
+    y = None
+    for t0 in range(0, t_out, chunk):
+        t1 = min(t_out, t0 + chunk)
+        z = _scaled_windows(x, a, kt, st, pt, dt, t_out, t0, t1).flatten(0, 1).flatten(1, 2)
+        part = F.conv2d(z, w2, bias, *geometry[5:])
+        del z
+        if y is None:
+            y = part.new_empty(b, t_out, *part.shape[1:])
+        y[:, t0:t1] = part.view(b, t1 - t0, *part.shape[1:])
+    return y.flatten(0, 1)
+
+
 def _fast_cin(x, weight, alpha, bias, beta, stride, padding, dilation, groups, t_out):
     b = x.shape[0]
     c_out, c_in_g, kt, kh, kw = weight.shape
@@ -330,8 +360,7 @@ def _fast_cin(x, weight, alpha, bias, beta, stride, padding, dilation, groups, t
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, a, weight, fused_bias)):
         y = _CinConv.apply(x, a, weight, fused_bias, geometry)
     else:  # inference / export: the same computation without the autograd.Function
-        z = _scaled_windows(x, a, kt, *geometry[1:5]).flatten(0, 1).flatten(1, 2)
-        y = F.conv2d(z, weight.reshape(c_out, c_in_g * kt, kh, kw), fused_bias, *geometry[5:])
+        y = _cin_inference(x, a, weight.reshape(c_out, c_in_g * kt, kh, kw), fused_bias, geometry)
     if beta is not None:
         y = y + (bias[None, :] * beta.transpose(1, 2).reshape(b * t_out, c_out))[..., None, None]
     return batch_to_frames(y, b, t_out)
