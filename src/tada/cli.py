@@ -93,7 +93,23 @@ def _synth(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"tada synth: {e}", file=sys.stderr)
         return 2
+    args.fps_given = args.fps is not None
+    args.fps = 30 if args.fps is None else args.fps
     t0 = time.perf_counter()
+    if args.untrimmed:
+        from tada.data.synth_untrimmed import make_untrimmed_dataset
+
+        paths = make_untrimmed_dataset(args.out, classes=classes, num_videos=args.videos,
+                                       duration=tuple(args.duration), instances=tuple(args.instances),
+                                       fps=args.fps if args.fps_given else 10, size=args.size, seed=args.seed,
+                                       progress=not args.quiet)
+        print(f"wrote {args.videos} untrimmed videos ({args.duration[0]:g}-{args.duration[1]:g} s, "
+              f"{args.instances[0]}-{args.instances[1]} actions each) to {paths['root']} in "
+              f"{time.perf_counter() - t0:.1f} s")
+        for key, path in paths.items():
+            if key != "root":
+                print(f"  {key:<12} {path}")
+        return 0
     paths = make_synthetic_dataset(args.out, classes=classes, per_class=args.per_class, frames=args.frames,
                                    size=args.size, seed=args.seed, fps=args.fps, progress=not args.quiet)
     n = len(classes) * args.per_class
@@ -140,7 +156,8 @@ def _train(args: argparse.Namespace) -> int:
             print(str(e))
             return 130 if e.signal == "SIGINT" else 0
         unreadable = f"; {out['unreadable']} unreadable training videos were replaced" if out["unreadable"] else ""
-        print(f"trained {out['steps']} steps in {out['time']:.0f} s; best val top-1 {out['best_top1']:.2f}; "
+        what = "top-1" if trainer.task.name in ("classification", "verb_noun") else "score"
+        print(f"trained {out['steps']} steps in {out['time']:.0f} s; best val {what} {out['best_top1']:.4g}; "
               f"checkpoints in {out['output_dir']}{unreadable}")
         if cfg.data.test_list:
             return _evaluate(trainer, cfg)
@@ -252,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("extract", add_help=False,
                    help="features of every video for temporal action localisation (see `tada extract --help`)")
+    sub.add_parser("eval-detection", add_help=False,
+                   help="ActivityNet-protocol detection mAP / proposal AR@AN of a results JSON "
+                   "(see `tada eval-detection --help`)")
     demo = sub.add_parser("demo", help="the default job: synthetic data, TSN vs TAda2D, comparison table",
                           add_help=False)
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
@@ -270,7 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--frames", type=int, default=16, help="frames per video (default 16)")
     synth.add_argument("--size", type=int, default=64, help="frame height = width, even (default 64)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    synth.add_argument("--fps", type=int, default=30, help="frame rate (default 30)")
+    synth.add_argument("--fps", type=int, default=None, help="frame rate (default 30; 10 with --untrimmed)")
+    synth.add_argument("--untrimmed", action="store_true",
+                       help="long videos with 1-4 action instances on distracting backgrounds and ActivityNet-style "
+                       "JSON ground truth (temporal action localisation)")
+    synth.add_argument("--videos", type=int, default=60, help="--untrimmed: number of videos (default 60)")
+    synth.add_argument("--duration", type=float, nargs=2, default=[20.0, 40.0], metavar=("MIN", "MAX"),
+                       help="--untrimmed: video length range in seconds (default 20 40)")
+    synth.add_argument("--instances", type=int, nargs=2, default=[1, 4], metavar=("MIN", "MAX"),
+                       help="--untrimmed: action instances per video (default 1 4)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)
     data = sub.add_parser("data", help="dataset tools (inspect)")
@@ -304,6 +332,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from tada.engine.extract import main as extract_main
 
         return extract_main(argv[1:])
+    if argv[:1] == ["eval-detection"]:
+        from tada.engine.detection_eval import main as eval_main
+
+        return eval_main(argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # KEY=VALUE overrides given after an option (e.g. after --checkpoint CKPT)

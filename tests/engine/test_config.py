@@ -27,7 +27,7 @@ def test_yaml_with_base(tmp_path):
     ("optim.lr=fast", "optim.lr: expected a number, got 'fast'"),
     ("data.frames=8.5", "data.frames: expected an integer"),
     ("train.amp=bf17", "not one of .*did you mean 'bf16'"),
-    ("optim.name=adam", "not one of \\['sgd', 'adamw'\\]"),
+    ("optim.name=adamx", "not one of \\['sgd', 'adamw', 'adam'\\]"),
     ("data.short_side_range=[224]", "expected 2 values"),
     ("train.compile=yes please", "expected true or false"),
     ("optim.lr.x=1", "has no sub-key"),

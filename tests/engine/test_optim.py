@@ -72,3 +72,20 @@ def test_warmup_then_cosine_per_iteration():
     assert all(a >= b for a, b in zip(lrs[5:], lrs[6:]))  # cosine falls
     sched.step_update(20)
     assert opt.param_groups[base]["lr"] == pytest.approx(1e-5)
+
+
+def test_step_schedule_and_adam_with_l2_decay():
+    # BMN's recipe: Adam (weight decay added to the gradient), lr x 0.1 from the start of epoch 7 of 9
+    m = nn.Linear(3, 2)
+    cfg = OptimConfig(name="adam", lr=1e-3, weight_decay=1e-4, epochs=9, schedule="step", milestones=(7,), gamma=0.1)
+    opt = build_optimizer(m, cfg, cfg.lr)
+    assert isinstance(opt, torch.optim.Adam) and not isinstance(opt, torch.optim.AdamW)
+    sched = build_scheduler(opt, cfg, iters_per_epoch=4)
+    lrs = []
+    for step in range(36):
+        sched.step_update(step)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[:28] == pytest.approx([1e-3] * 28)  # epochs 0..6
+    assert lrs[28:] == pytest.approx([1e-4] * 8)  # epochs 7, 8
+    wd = {g["weight_decay"] for g in opt.param_groups}
+    assert wd == {0.0, 1e-4}  # the bias has none

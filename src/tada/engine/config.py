@@ -86,7 +86,7 @@ class DataConfig:
 
 @dataclasses.dataclass
 class OptimConfig:
-    name: Literal["sgd", "adamw"] = "sgd"
+    name: Literal["sgd", "adamw", "adam"] = "sgd"  # adam: L2 weight decay in the gradient (BMN's recipe)
     lr: float = 0.1
     base_batch_size: Optional[int] = None  # if set, lr scales linearly with the global batch
     weight_decay: float = 1e-4
@@ -101,6 +101,9 @@ class OptimConfig:
     new_param_lr_mult: float = 1.0  # x lr for new TAda parameters and the head (TAdaFormer: 10)
     clip_grad: Optional[float] = None
     accum_steps: int = 1
+    schedule: Literal["cosine", "step"] = "cosine"  # step: x gamma at each of milestones (epochs)
+    milestones: Tuple[int, ...] = ()
+    gamma: float = 0.1
 
 
 @dataclasses.dataclass
@@ -285,6 +288,9 @@ _RULES = {
     "optim.epochs": _at_least(1), "optim.warmup_epochs": _at_least(0), "optim.warmup_start_lr": _at_least(0),
     "optim.min_lr": _at_least(0), "optim.layer_decay": ((lambda v: 0 < v <= 1), "in (0, 1]"),
     "optim.new_param_lr_mult": _above(0), "optim.clip_grad": _above(0), "optim.accum_steps": _at_least(1),
+    "optim.gamma": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+    "optim.milestones": ((lambda v: all(m >= 1 for m in v) and list(v) == sorted(set(v))),
+                         "increasing epochs >= 1"),
     "train.label_smoothing": _FRACTION, "train.mixup_alpha": _at_least(0), "train.cutmix_alpha": _at_least(0),
     "train.ema_decay": ((lambda v: 0 < v < 1), "in (0, 1)"), "train.eval_every": _at_least(1),
     "train.save_every": _at_least(0), "train.log_every": _at_least(1), "train.stop_after_steps": _at_least(1),

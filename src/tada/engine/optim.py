@@ -86,16 +86,25 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
-    raise ValueError(f"unknown optimiser {cfg.name!r}; expected 'sgd' or 'adamw'")
+    if cfg.name == "adam":  # each group's weight_decay is added to its gradient (L2), as BMN's recipe does
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.betas))
+    raise ValueError(f"unknown optimiser {cfg.name!r}; expected 'sgd', 'adamw' or 'adam'")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, iters_per_epoch: int):
     """Per-iteration cosine from the base lr to ``min_lr`` after ``warmup_epochs`` of linear warmup
-    from ``warmup_start_lr``; call ``scheduler.step_update(global_step)`` every iteration."""
-    from timm.scheduler import CosineLRScheduler
+    from ``warmup_start_lr`` (``schedule: step``: the lr times ``gamma`` at the start of each epoch in
+    ``milestones``); call ``scheduler.step_update(global_step)`` every iteration."""
+    from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 
     total = max(1, cfg.epochs * iters_per_epoch)
     warmup = int(round(cfg.warmup_epochs * iters_per_epoch))
+    if cfg.schedule == "step":
+        # timm decays at step_update(t) once t + 1 reaches a decay_t; update m * iters_per_epoch (the
+        # first of epoch m) is the first at the lower lr
+        return MultiStepLRScheduler(
+            optimizer, decay_t=[int(m) * iters_per_epoch + 1 for m in cfg.milestones], decay_rate=cfg.gamma,
+            warmup_t=warmup, warmup_lr_init=cfg.warmup_start_lr, warmup_prefix=False, t_in_epochs=False)
     return CosineLRScheduler(
         optimizer, t_initial=max(1, total - warmup), lr_min=cfg.min_lr, warmup_t=warmup,
         warmup_lr_init=cfg.warmup_start_lr, warmup_prefix=True, t_in_epochs=False,

@@ -1,11 +1,12 @@
-"""PNG plots of a run: loss / accuracy / lr curves, confusion matrix, per-class accuracy."""
+"""PNG plots of a run: loss / accuracy / lr curves, confusion matrix, per-class accuracy, and the
+localisation timeline (ground truth against the top predictions of a few videos)."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["plot_run", "plot_curves", "plot_confusion", "plot_per_class"]
+__all__ = ["plot_run", "plot_curves", "plot_confusion", "plot_per_class", "plot_timeline"]
 
 
 def _plt():
@@ -96,3 +97,30 @@ def plot_run(out, history: List[dict], result=None, class_names=None, name: str 
         paths["confusion_png"] = plot_confusion(out, result.confusion, class_names, name)
         paths["per_class_png"] = plot_per_class(out, result.per_class_acc, class_names, name)
     return paths
+
+
+def plot_timeline(path, videos: Sequence, predictions: Sequence[Sequence[dict]], top: int = 5) -> str:
+    """One row pair per video: its ground-truth segments (``videos[i].segments``) above its ``top``
+    highest-scoring predictions (``{"segment": [s, e], "score", "label"?}``), on a seconds axis."""
+    plt = _plt()
+    n = len(videos)
+    fig, axes = plt.subplots(n, 1, figsize=(10, 1.3 * n + 0.6), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    labels = sorted({s.label for v in videos for s in v.segments})
+    colour = {lab: cmap(i % 10) for i, lab in enumerate(labels)}
+    for ax, video, preds in zip(axes[:, 0], videos, predictions):
+        for seg in video.segments:
+            ax.barh(1, seg.end - seg.start, left=seg.start, height=0.6, color=colour[seg.label], edgecolor="k")
+            ax.text(seg.start, 1.38, seg.label, fontsize=6, va="bottom")
+        best = sorted(preds or [], key=lambda p: -p["score"])[:top]
+        for j, p in enumerate(best):
+            s, e = p["segment"]
+            c = colour.get(p.get("label"), "0.5")
+            ax.barh(-0.15 * j, e - s, left=s, height=0.12, color=c, alpha=0.4 + 0.6 * (j == 0))
+        ax.set(xlim=(0, video.duration), yticks=[1, -0.3], yticklabels=["truth", f"top {len(best)}"])
+        ax.set_title(video.id, fontsize=8, loc="left")
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
