@@ -3,6 +3,7 @@
 =====================  ===================================================================
 ``classification``     one label per clip (Kinetics, SSV2, ...): :mod:`.classification`
 ``verb_noun``          Epic-Kitchens verb + noun heads, action accuracy: :mod:`.verb_noun`
+``localization``       BMN on pre-extracted features, proposals and mAP: :mod:`.localization`
 =====================  ===================================================================
 
 Adding a task is one file: subclass :class:`~tada.engine.tasks.base.Task`, decorate it with
@@ -67,4 +68,4 @@ def build_task(cfg, labels) -> Task:
     return cls(labels, cfg, options)
 
 
-from . import classification, verb_noun  # noqa: E402,F401  (register the built-in tasks)
+from . import classification, localization, verb_noun  # noqa: E402,F401  (register the built-in tasks)
