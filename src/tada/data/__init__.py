@@ -8,12 +8,15 @@
 :mod:`~tada.data.datasets`   annotation parsers (Kinetics, SSV2, SSV1, EK100, UCF101, HMDB51, CSV,
                              folders) and :class:`VideoClipDataset` (bad videos logged and replaced)
 :mod:`~tada.data.synth`      the synthetic time-reversal benchmark (``tada synth``)
+:mod:`~tada.data.synth_untrimmed`  untrimmed synthetic videos for localisation (``tada synth --untrimmed``)
+:mod:`~tada.data.segments`   untrimmed-video annotations (ActivityNet / HACS JSON, EK100 segments)
+:mod:`~tada.data.features`   extracted clip features and the localisation datasets over them
 :mod:`~tada.data.inspect`    check a dataset's files before training (``tada data inspect``)
 =========================  ===================================================================
 
 This layer knows nothing about models or the training engine.
 """
-from . import datasets, decode, inspect, labels, sampling, synth, transforms
+from . import datasets, decode, features, inspect, labels, sampling, segments, synth, synth_untrimmed, transforms
 from .datasets import *  # noqa: F401,F403
 from .labels import *  # noqa: F401,F403
 from .decode import *  # noqa: F401,F403
@@ -21,8 +24,11 @@ from .inspect import *  # noqa: F401,F403
 from .sampling import *  # noqa: F401,F403
 from .synth import *  # noqa: F401,F403
 from .transforms import *  # noqa: F401,F403
+from .segments import *  # noqa: F401,F403
+from .features import *  # noqa: F401,F403
 
-__all__ = ["decode", "sampling", "transforms", "labels", "datasets", "synth", "inspect"]
-for _m in (decode, sampling, transforms, labels, datasets, synth, inspect):
+__all__ = ["decode", "sampling", "transforms", "labels", "datasets", "synth", "inspect", "segments", "features",
+           "synth_untrimmed"]
+for _m in (decode, sampling, transforms, labels, datasets, synth, inspect, segments, features):
     __all__ += [n for n in _m.__all__ if n not in __all__]
 del _m

@@ -86,6 +86,8 @@ __all__ = [
     "RescaledFeatureDataset",
     "SlidingWindowFeatureDataset",
     "collate_localization",
+    "load_extracted",
+    "MANIFEST",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,8 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 #: ``fmt`` -> file extension of the per-video files (``tada``: from its manifest)
 FEATURE_FORMATS: Dict[str, Optional[str]] = {"tada": None, "npy": ".npy", "actionformer": ".npz", "mmaction": ".csv"}
-_MANIFEST = "manifest.json"
+#: the manifest ``tada extract`` writes beside the per-video files
+MANIFEST = "manifest.json"
 _EXT_FORMAT = {ext: fmt for fmt, ext in FEATURE_FORMATS.items() if ext}
 
 
@@ -176,6 +179,30 @@ def _check_duration(duration: Optional[float], video_id: str, fmt: str) -> float
     return d
 
 
+def load_extracted(out_dir: PathLike, video_id: str) -> Dict[str, Any]:
+    """One video of a ``tada extract`` folder read back with its manifest entry: ``{"feats" (T x C),
+    "scores" (T x K) or None, "centres" (T,) seconds, "entry"}`` (also
+    :func:`tada.engine.extract.load_features`, the writer's name for it)."""
+    out = Path(out_dir)
+    manifest = json.loads((out / MANIFEST).read_text())
+    entry = next((e for e in manifest["videos"] if e["video"] == video_id), None)
+    if entry is None:
+        raise KeyError(f"{video_id!r} is not among the extracted videos of {out / MANIFEST}")
+    path, fmt, dim = out / entry["file"], manifest["output_format"], manifest["columns"]["feature_dim"]
+    if fmt == "actionformer":
+        with np.load(path, allow_pickle=False) as z:
+            feats, scores = z["feats"], (z["scores"] if "scores" in z.files else None)
+    else:
+        table = np.load(path, allow_pickle=False) if fmt == "npy" else \
+            np.loadtxt(path, dtype=np.float32, delimiter=",", skiprows=1, ndmin=2)
+        feats, scores = table[:, :dim], (table[:, dim:] if table.shape[1] > dim else None)
+    if "centres" in entry:
+        centres = np.asarray(entry["centres"], dtype=np.float64)
+    else:
+        centres = entry["first_centre"] + entry["centre_step"] * np.arange(entry["num_clips"], dtype=np.float64)
+    return {"feats": feats, "scores": scores, "centres": centres, "entry": entry}
+
+
 class FeatureStore:
     """Reads ``T x C`` features of a video with the time (seconds) of each row (module doc).
 
@@ -205,7 +232,7 @@ class FeatureStore:
             self._read_manifest()
 
     def _detect(self) -> str:
-        if (self.root / _MANIFEST).is_file():
+        if (self.root / MANIFEST).is_file():
             return "tada"
         kinds = sorted({_EXT_FORMAT[p.suffix.lower()] for p in self.root.iterdir()
                         if p.is_file() and p.suffix.lower() in _EXT_FORMAT})
@@ -218,7 +245,7 @@ class FeatureStore:
                          "choose one")
 
     def _read_manifest(self) -> None:
-        path = self.root / _MANIFEST
+        path = self.root / MANIFEST
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file; fmt='tada' reads the --out folder of tada extract "
                                     "(pass fmt='npy', 'actionformer' or 'mmaction' for plain feature files)")
@@ -319,10 +346,8 @@ class FeatureStore:
             raise self._missing(video_id)
         path = self.path(video_id)
         if self.fmt == "tada":
-            from ..engine.extract import load_features  # the writer's own reader: one column layout
-
             try:
-                got = load_features(self.root, video_id)
+                got = load_extracted(self.root, video_id)
             except (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as e:
                 raise ValueError(f"{path}: cannot read the features of {video_id!r} ({type(e).__name__}: "
                                  f"{' '.join(str(e).split())}); run tada extract again") from None

@@ -97,6 +97,7 @@ import torch
 
 from ..data import transforms as TF
 from ..data.decode import VideoDecodeError, available_backends, probe
+from ..data.features import MANIFEST, load_extracted as load_features  # the reader lives beside its consumers
 from ..data.sampling import interval_indices
 from ..data.stream import StreamStats, make_window, read_window
 
@@ -116,7 +117,6 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 #: output format -> file extension
 FORMATS: Dict[str, str] = {"npy": ".npy", "actionformer": ".npz", "mmaction": ".csv"}
 
-MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 _CROPS = ("none", "centre")
 _THREE_CROPS = ("left", "centre", "right")
@@ -413,29 +413,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def load_features(out_dir, video_id: str) -> Dict[str, Any]:
-    """One video's output read back with its manifest entry: ``{"feats" (T x C), "scores" (T x K) or
-    None, "centres" (T,) seconds, "entry"}``."""
-    out = Path(out_dir)
-    manifest = json.loads((out / MANIFEST).read_text())
-    entry = next((e for e in manifest["videos"] if e["video"] == video_id), None)
-    if entry is None:
-        raise KeyError(f"{video_id!r} is not among the extracted videos of {out / MANIFEST}")
-    path, fmt, dim = out / entry["file"], manifest["output_format"], manifest["columns"]["feature_dim"]
-    if fmt == "actionformer":
-        with np.load(path) as z:
-            feats, scores = z["feats"], (z["scores"] if "scores" in z.files else None)
-    else:
-        table = np.load(path) if fmt == "npy" else \
-            np.loadtxt(path, dtype=np.float32, delimiter=",", skiprows=1, ndmin=2)
-        feats, scores = table[:, :dim], (table[:, dim:] if table.shape[1] > dim else None)
-    if "centres" in entry:
-        centres = np.asarray(entry["centres"], dtype=np.float64)
-    else:
-        centres = entry["first_centre"] + entry["centre_step"] * np.arange(entry["num_clips"], dtype=np.float64)
-    return {"feats": feats, "scores": scores, "centres": centres, "entry": entry}
 
 
 # --------------------------------------------------------------------------------------------------
