@@ -84,6 +84,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    import json
     import time
 
     from tada.data.synth import make_synthetic_dataset, resolve_classes
@@ -94,6 +95,11 @@ def _synth(args: argparse.Namespace) -> int:
         print(f"tada synth: {e}", file=sys.stderr)
         return 2
     args.fps_given = args.fps is not None
+    args.per_class_given = args.per_class is not None
+    args.per_class = 60 if args.per_class is None else args.per_class
+    if args.untrimmed and args.compositional:
+        print("tada synth: --untrimmed and --compositional are two different datasets; choose one", file=sys.stderr)
+        return 2
     args.fps = 30 if args.fps is None else args.fps
     t0 = time.perf_counter()
     if args.untrimmed:
@@ -109,6 +115,19 @@ def _synth(args: argparse.Namespace) -> int:
         for key, path in paths.items():
             if key != "root":
                 print(f"  {key:<12} {path}")
+        return 0
+    if args.compositional:
+        from tada.data.synth_compositional import make_compositional_dataset
+
+        paths = make_compositional_dataset(args.out, per_class=args.per_class if args.per_class_given else 30,
+                                           frames=args.frames, size=args.size, fps=args.fps, seed=args.seed,
+                                           progress=not args.quiet)
+        meta = json.loads(paths["meta"].read_text())
+        print(f"wrote the compositional zero-shot dataset ({len(meta['seen'])} seen and {len(meta['heldout'])} "
+              f"held-out classes, {len(meta['direction_only'])} of them differing from a seen class only by "
+              f"direction) to {paths['root']} in {time.perf_counter() - t0:.1f} s")
+        for key in ("train", "val", "test_seen", "test_heldout", "classes_seen", "classes_heldout", "meta"):
+            print(f"  {key:<16} {paths[key]}")
         return 0
     paths = make_synthetic_dataset(args.out, classes=classes, per_class=args.per_class, frames=args.frames,
                                    size=args.size, seed=args.seed, fps=args.fps, progress=not args.quiet)
@@ -286,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--classes", nargs="+", default=None, metavar="N|NAME",
                        help="number of classes (taken pair by pair, at most 12) or class names (default: the 10 "
                        "of the five pairs without rotation)")
-    synth.add_argument("--per-class", type=int, default=60, help="videos per class (default 60)")
+    synth.add_argument("--per-class", type=int, default=None, help="videos per class (default 60; 30 with "
+                       "--compositional)")
     synth.add_argument("--frames", type=int, default=16, help="frames per video (default 16)")
     synth.add_argument("--size", type=int, default=64, help="frame height = width, even (default 64)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -294,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--untrimmed", action="store_true",
                        help="long videos with 1-4 action instances on distracting backgrounds and ActivityNet-style "
                        "JSON ground truth (temporal action localisation)")
+    synth.add_argument("--compositional", action="store_true",
+                       help="classes named by words that combine ('a red square moving left'); seen and held-out "
+                       "combinations for zero-shot evaluation")
     synth.add_argument("--videos", type=int, default=60, help="--untrimmed: number of videos (default 60)")
     synth.add_argument("--duration", type=float, nargs=2, default=[20.0, 40.0], metavar=("MIN", "MAX"),
                        help="--untrimmed: video length range in seconds (default 20 40)")

@@ -9,6 +9,7 @@
                              folders) and :class:`VideoClipDataset` (bad videos logged and replaced)
 :mod:`~tada.data.synth`      the synthetic time-reversal benchmark (``tada synth``)
 :mod:`~tada.data.synth_untrimmed`  untrimmed synthetic videos for localisation (``tada synth --untrimmed``)
+:mod:`~tada.data.synth_compositional`  compositional zero-shot classes (``tada synth --compositional``)
 :mod:`~tada.data.segments`   untrimmed-video annotations (ActivityNet / HACS JSON, EK100 segments)
 :mod:`~tada.data.features`   extracted clip features and the localisation datasets over them
 :mod:`~tada.data.inspect`    check a dataset's files before training (``tada data inspect``)
@@ -16,7 +17,7 @@
 
 This layer knows nothing about models or the training engine.
 """
-from . import datasets, decode, features, inspect, labels, sampling, segments, synth, synth_untrimmed, transforms
+from . import datasets, decode, features, inspect, labels, sampling, segments, synth, synth_compositional, synth_untrimmed, transforms
 from .datasets import *  # noqa: F401,F403
 from .labels import *  # noqa: F401,F403
 from .decode import *  # noqa: F401,F403
@@ -28,7 +29,7 @@ from .segments import *  # noqa: F401,F403
 from .features import *  # noqa: F401,F403
 
 __all__ = ["decode", "sampling", "transforms", "labels", "datasets", "synth", "inspect", "segments", "features",
-           "synth_untrimmed"]
+           "synth_untrimmed", "synth_compositional"]
 for _m in (decode, sampling, transforms, labels, datasets, synth, inspect, segments, features):
     __all__ += [n for n in _m.__all__ if n not in __all__]
 del _m

@@ -70,6 +70,9 @@ __all__ = [
     "write_video",
     "resolve_classes",
     "make_synthetic_dataset",
+    "reverse_clip",
+    "split_counts",
+    "FORWARD_CLASS",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,8 +91,9 @@ REVERSAL_PAIRS: Tuple[Tuple[str, str], ...] = (
 SYNTH_CLASSES: Tuple[str, ...] = tuple(name for pair in REVERSAL_PAIRS for name in pair)
 #: The default set (``tada synth`` without ``--classes``, ``tada demo``): all but the rotation pair.
 DEFAULT_CLASSES: Tuple[str, ...] = SYNTH_CLASSES[:10]
-_FORWARD = {rev: fwd for fwd, rev in REVERSAL_PAIRS}
-_FORWARD.update({fwd: fwd for fwd, _ in REVERSAL_PAIRS})
+#: every class -> the forward class of its pair (itself for a forward class)
+FORWARD_CLASS = {rev: fwd for fwd, rev in REVERSAL_PAIRS}
+FORWARD_CLASS.update({fwd: fwd for fwd, _ in REVERSAL_PAIRS})
 _MOTION = {"moving_right": "translate_x", "moving_down": "translate_y", "growing": "scale",
            "fading_in": "fade", "widening": "stretch", "rotating_clockwise": "rotate"}
 
@@ -153,9 +157,9 @@ def _color(rng: np.random.Generator) -> np.ndarray:
 
 def draw_params(class_name: str, rng: np.random.Generator, *, frames: int, size: int) -> ClipParams:
     """Draw the parameters of a video of the *forward* class of ``class_name``'s pair."""
-    if class_name not in _FORWARD:
+    if class_name not in FORWARD_CLASS:
         raise ValueError(f"unknown synthetic class {class_name!r}; known: {', '.join(SYNTH_CLASSES)}")
-    motion = _MOTION[_FORWARD[class_name]]
+    motion = _MOTION[FORWARD_CLASS[class_name]]
     T, S = frames, float(size)
     t = np.linspace(0.0, 1.0, T)
     shapes = [s for s in SHAPES if s != "circle"] if motion == "rotate" else list(SHAPES)
@@ -290,7 +294,7 @@ def render(p: ClipParams) -> RenderedClip:
     )
 
 
-def _reverse(clip: RenderedClip) -> RenderedClip:
+def reverse_clip(clip: RenderedClip) -> RenderedClip:
     return RenderedClip(*(np.ascontiguousarray(getattr(clip, f)[::-1]) for f in
                           ("frames", "mask", "centroid", "radius", "angle", "alpha", "aspect")))
 
@@ -300,7 +304,7 @@ def render_clip(class_name: str, seed: Union[int, Sequence[int], np.random.Gener
     """Render one video of ``class_name``: a forward draw, time-reversed for the second class of a pair."""
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     clip = render(draw_params(class_name, rng, frames=frames, size=size))
-    return clip if _FORWARD[class_name] == class_name else _reverse(clip)
+    return clip if FORWARD_CLASS[class_name] == class_name else reverse_clip(clip)
 
 
 def write_video(path: Union[str, Path], frames: np.ndarray, *, fps: int = 30, crf: int = 18,
@@ -356,7 +360,7 @@ def resolve_classes(classes: Union[None, int, str, Sequence[Union[str, int]]]) -
     return names
 
 
-def _split_counts(n: int, ratios: Tuple[float, float, float]) -> Tuple[int, int, int]:
+def split_counts(n: int, ratios: Tuple[float, float, float]) -> Tuple[int, int, int]:
     n_val = int(round(n * ratios[1]))
     n_test = int(round(n * ratios[2]))
     if n >= 3:
@@ -409,7 +413,7 @@ def make_synthetic_dataset(
         write_video(out / rel, clip.frames, fps=fps)
     for label, name in enumerate(names):
         order = np.random.default_rng([seed, SYNTH_CLASSES.index(name), 10**6]).permutation(per_class)
-        n_train, n_val, _ = _split_counts(per_class, split)
+        n_train, n_val, _ = split_counts(per_class, split)
         parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
         for key, idx in parts.items():
             lists[key] += [f"videos/{name}/{name}_{i:04d}.mp4 {label}" for i in sorted(idx.tolist())]
