@@ -1,6 +1,7 @@
 """TAdaFormer / CLIP-ViT video models: exact at init against open_clip, checkpoint formats (open_clip,
-OpenAI visual-only and TorchScript, the paper's release), positional-embedding resampling, the TAda
-branch's effect, bad checkpoints, and the paper's parameter / FLOP counts (SPEC §2, §3, §6)."""
+OpenAI visual-only and TorchScript, the paper's release), CLIP's visual projection (``forward_embed``
+equals ``encode_image`` on a static clip), positional-embedding resampling, the TAda branch's effect,
+bad checkpoints, and the paper's parameter / FLOP counts (SPEC §2, §3, §6, §9)."""
 import math
 
 import pytest
@@ -128,17 +129,25 @@ def test_openai_visual_only_and_torchscript_layouts_load_the_same(clip_b16, tada
     torch.save(visual_only, tmp_path / "visual.pt")
     torch.jit.save(torch.jit.script(_OpenAIJitLike(ref)), str(tmp_path / "openai_jit.pt"))
     expected = {k: v for k, v in tadaformer_b16.state_dict().items() if not k.startswith("head.")}
+    read = {}
     for name in ("visual.pt", "openai_jit.pt"):
-        sd = tada.models.read_checkpoint(tmp_path / name)
+        sd = read[name] = tada.models.read_checkpoint(tmp_path / name)
         converted = tadaformer_b16.checkpoint_filter_fn(sd)
         assert "input_resolution" in sd or name == "visual.pt"
         new = tadaformer_b16.new_parameter_names()
         assert set(converted) == {k for k in expected if k not in new}, name
         for k, v in converted.items():
             assert torch.equal(v, expected[k]), (name, k)
-    # the full pipeline on the archive
-    m = tada.create_model("tsn_vit_b16_clip", pretrained=tmp_path / "openai_jit.pt", num_classes=0)
+    # the full pipeline on the archive, with CLIP's visual projection
+    m = tada.create_model("tsn_vit_b16_clip", pretrained=tmp_path / "openai_jit.pt", num_classes=0, embed_dim=512)
     assert torch.equal(m.patch_embed.weight, ref.visual.conv1.weight)
+    assert torch.equal(m.proj, ref.visual.proj)
+    for name, sd in read.items():
+        assert torch.equal(m.checkpoint_filter_fn(sd)["proj"], ref.visual.proj), name
+    frame = clip_b16[2][:, :, 0]
+    with torch.no_grad():
+        got, want = m.eval().forward_embed(frame[:, :, None]), ref.encode_image(frame)
+    assert _rel(got, want) < 1e-5, _rel(got, want)
 
 
 def test_open_clip_gelu_model_with_mlp_act_gelu():
@@ -158,6 +167,73 @@ def test_open_clip_gelu_model_with_mlp_act_gelu():
         with torch.no_grad():
             ours = m.forward_features(x)[:, :, :, 0, 0].transpose(1, 2).reshape(6, 128)
         assert (_rel(ours, cls) < 1e-5) == close, (act, _rel(ours, cls))
+
+
+# --------------------------------------------------------------------------------------------
+# CLIP's visual projection: the video embedding of video-text models (SPEC §9)
+# --------------------------------------------------------------------------------------------
+def _static(frames, t):
+    """A clip of ``t`` copies of each image ``(B, 3, H, W)``."""
+    return frames[:, :, None].expand(-1, -1, t, -1, -1).contiguous()
+
+
+def test_forward_embed_equals_clip_encode_image_on_a_static_clip(clip_b16):
+    """TAdaFormer-B/16 (the TSN CLIP ViT: in the OpenAI-archive test above) from open_clip's ViT-B-16."""
+    ref, _, x, cls = clip_b16
+    frame = x[:, :, 0]
+    with torch.no_grad():
+        want = ref.encode_image(frame)  # (1, 512), un-normalised
+    m = tada.create_model("tadaformer_b16", num_classes=0, embed_dim=512).eval()
+    load_pretrained(m, ref.state_dict())
+    assert torch.equal(m.proj, ref.visual.proj)
+    with torch.no_grad():
+        got, moving = m.forward_embed(_static(frame, 2))[0], m.forward_embed(x)[0]
+    assert _rel(got, want[0]) < 1e-5, _rel(got, want[0])
+    # on a clip of different frames: ln_post of the mean CLS token (frames 0 and 2 at init), then proj
+    with torch.no_grad():
+        want_clip = ref.visual.ln_post(cls[0::2].mean(0)) @ ref.visual.proj
+        mean_of_images = (ref.visual.ln_post(cls[0::2]) @ ref.visual.proj).mean(0)
+    assert _rel(moving, want_clip) < 1e-5, _rel(moving, want_clip)
+    assert _rel(moving, mean_of_images) > 1e-3  # the control: averaging the image embeddings is not it
+
+
+def test_projection_is_loaded_with_embed_dim_and_dropped_without():
+    clip = _small_clip(128, 16).eval()  # open_clip's own layout, exact GELU, embed_dim 32, 64 px
+    sd = clip.state_dict()
+    frames = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        want = clip.encode_image(frames)
+    for tada_flag in (False, True):
+        m = _small(tada=tada_flag, mlp_act="gelu", embed_dim=32, num_classes=0).eval()
+        load_pretrained(m, sd)
+        assert torch.equal(m.proj, clip.visual.proj)
+        with torch.no_grad():
+            assert _rel(m.forward_embed(_static(frames, 2)), want) < 1e-5
+    plain = _small(mlp_act="gelu")
+    load_pretrained(plain, sd)  # a classifier: CLIP's projection is dropped
+    assert plain.proj is None and "proj" not in plain.state_dict()
+    with pytest.raises(ValueError, match="without a projection: pass embed_dim="):
+        plain.forward_embed(_static(frames, 2))
+    with pytest.raises(ValueError, match=r"shape mismatch.*proj: checkpoint .128, 32. vs model .128, 16."):
+        load_pretrained(_small(embed_dim=16), sd)
+
+    # own checkpoints: the projection round-trips, a classifier drops it
+    src = _small(embed_dim=32)
+    dst = _small(embed_dim=32)
+    load_pretrained(dst, src.state_dict())
+    assert _same_state(src, dst)
+    load_pretrained(_small(), src.state_dict())
+    # a checkpoint without one (a classifier, the release's TAdaFormer) cannot fill a projection
+    with pytest.raises(ValueError, match="missing keys: proj"):
+        load_pretrained(_small(embed_dim=32), _small().state_dict())
+    with pytest.raises(ValueError, match="missing keys: proj"):
+        load_pretrained(VideoViT(width=D, layers=1, heads=4, patch_size=16, img_size=64, tada_head_dim=HEAD_DIM,
+                                 num_classes=10, embed_dim=32),
+                        _released_state(torch.Generator().manual_seed(10), 1, False, False))
+    with pytest.raises(ValueError, match="embed_dim must be a positive int"):
+        _small(embed_dim=0)
+    assert src.layer_id("proj") == src.layers + 1  # the head group of layer-wise lr decay
+    assert "embed_dim=32" in repr(src)
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,6 +280,7 @@ def _centre_stem(m, gen):
 
 
 def test_tada_branch_adds_zero_at_init_and_makes_frame_order_matter():
+    torch.manual_seed(5)  # the model's init too: the effect checked below depends on it
     gen = torch.Generator().manual_seed(5)
     m = _small().eval()
     _centre_stem(m, gen)  # the stem sees frames 0, 2, 4 only, as from a CLIP checkpoint
@@ -213,7 +290,7 @@ def test_tada_branch_adds_zero_at_init_and_makes_frame_order_matter():
         y0, y0_rolled = m(x), m(rolled)
         torch.testing.assert_close(y0, y0_rolled, rtol=1e-5, atol=1e-6)  # order-free at init
         for blk in m.blocks:
-            blk.tada.proj.weight.normal_(0, 0.05, generator=gen)
+            blk.tada.proj.weight.normal_(0, 0.2, generator=gen)
         y1, y1_rolled = m(x), m(rolled)
     assert (y1 - y0).abs().max() > 1e-3
     assert (y1 - y1_rolled).abs().max() > 1e-3

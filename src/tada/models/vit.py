@@ -15,11 +15,15 @@ blocks.{i}             VideoViTBlock:
     tada2              optional second TAda branch (double_tada, SSV2 recipe)
     ln_2, mlp          c_fc D->4D, QuickGELU, c_proj 4D->D
 head_norm              CLIP's ln_post, applied to the mean over T' of the per-frame CLS tokens
-head                   dropout + Linear (CLIP's ``proj`` is not used)
+head                   dropout + Linear on the ln_post-ed features (the classifier)
+proj                   (D, embed_dim), optional: CLIP's ``visual.proj`` into the joint video-text space
 ```
 
 ``forward_features`` returns the per-frame CLS tokens *before* ``ln_post`` as ``(B, D, T', 1, 1)``,
 so :meth:`VideoClassifier.pool` (mean over T, H, W) is the temporal mean and ``head_norm`` is ln_post.
+With ``embed_dim`` set, ``forward_embed`` gives the video embedding of the video-text model,
+``proj(ln_post(mean over T' of the CLS tokens))`` (un-normalised); at init on a clip of identical frames
+it is CLIP's image embedding of that frame. The classifier ``head`` does not use ``proj``.
 
 Every TAda branch ends in a zero-initialised Linear, so at init a TAdaFormer built from CLIP weights
 gives, for frame ``2t``, exactly CLIP's CLS token (the centre-initialised tubelet sees frames
@@ -49,6 +53,7 @@ __all__ = [
     "VideoViTBlock",
     "TAdaBlock",
     "Attention",
+    "Mlp",
     "DropPath",
     "resample_pos_embed",
     "tsn_vit_b16_clip",
@@ -66,13 +71,15 @@ MLP_ACTS = ("quick_gelu", "gelu")
 class Attention(nn.Module):
     """Multi-head self-attention over ``(N, L, D)`` with ``nn.MultiheadAttention``'s parameter names
     (``in_proj_weight`` ``(3D, D)``, ``in_proj_bias``, ``out_proj``), so CLIP weights map 1:1, computed
-    with :func:`F.scaled_dot_product_attention`."""
+    with :func:`F.scaled_dot_product_attention`. ``causal=True``: each position attends to itself and
+    the positions before it only (CLIP's text tower)."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, *, causal: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by heads={num_heads}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.causal = bool(causal)
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
         self.out_proj = nn.Linear(dim, dim)
@@ -81,11 +88,11 @@ class Attention(nn.Module):
         n, length, d = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.view(n, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, head_dim)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (N, heads, L, head_dim)
         return self.out_proj(out.transpose(1, 2).reshape(n, length, d))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}"
+        return f"dim={self.dim}, num_heads={self.num_heads}" + (", causal=True" if self.causal else "")
 
 
 class Mlp(nn.Module):
@@ -216,6 +223,12 @@ _CLIP_BLOCK = (r"(?P<rest>(?:ln_1|ln_2|attn\.out_proj|mlp\.c_fc|mlp\.c_proj)\.(?
 _NORM = r"(?P<p>weight|bias|running_mean|running_var|num_batches_tracked)"
 
 
+def _proj_rules(prefix: str):
+    """CLIP's projection into the joint embedding space: loaded into ``proj`` when the model has one
+    (``embed_dim`` set), dropped otherwise (a classifier does not use it)."""
+    return (Rule(prefix + r"proj", "proj", if_target_exists=True), Rule(prefix + r"proj", None))
+
+
 def _stem_and_post(prefix: str):
     """The keys CLIP and the release share outside the blocks (``prefix``: a regex)."""
     return (
@@ -223,7 +236,7 @@ def _stem_and_post(prefix: str):
         Rule(prefix + r"positional_embedding", "positional_embedding", "pos"),
         Rule(prefix + r"(?P<k>class_embedding|ln_pre\.weight|ln_pre\.bias)", "{k}"),
         Rule(prefix + r"ln_post\.(?P<p>weight|bias)", "head_norm.{p}"),
-        Rule(prefix + r"proj", None),  # CLIP's projection into the joint embedding space: not used
+        *_proj_rules(prefix),
     )
 
 
@@ -231,6 +244,7 @@ def _stem_and_post(prefix: str):
 OWN_RULES = (
     Rule(r"patch_embed\.weight", "patch_embed.weight", "patch_embed"),
     Rule(r"positional_embedding", "positional_embedding", "pos"),
+    *_proj_rules(""),
 )
 #: tensors OpenAI's TorchScript CLIP archives carry besides the weights
 OPENAI_EXTRAS_RULES = (Rule(r"input_resolution|context_length|vocab_size", None),)
@@ -281,6 +295,9 @@ class VideoViT(VideoClassifier):
         drop_path_rate: stochastic depth, linearly increasing over blocks, one decision per video.
         drop_rate: head dropout (0.5 in every paper recipe).
         num_classes: classifier size (0: ``forward`` returns the ln_post-ed features).
+        embed_dim: size of the joint video-text embedding (CLIP B/16: 512, L/14: 768): adds ``proj``
+            ``(width, embed_dim)``, loaded from a CLIP checkpoint's ``visual.proj``, and
+            :meth:`forward_embed`. ``None`` (default): no projection; a checkpoint's is dropped.
     """
 
     def __init__(
@@ -301,6 +318,7 @@ class VideoViT(VideoClassifier):
         drop_path_rate: float = 0.0,
         drop_rate: float = 0.5,
         num_classes: int = 400,
+        embed_dim: Optional[int] = None,
     ):
         super().__init__()
         width, layers, heads = _pos_int(width, "width"), _pos_int(layers, "layers"), _pos_int(heads, "heads")
@@ -330,10 +348,13 @@ class VideoViT(VideoClassifier):
         drop_path_rate, drop_rate = _rate(drop_path_rate, "drop_path_rate"), _rate(drop_rate, "drop_rate")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+        if embed_dim is not None:
+            embed_dim = _pos_int(embed_dim, "embed_dim")
 
         self.width, self.layers, self.heads, self.patch_size, self.img_size = width, layers, heads, patch_size, img_size
         self.tada, self.tubelet, self.temp_enhance, self.double_tada = tada, tubelet, temp_enhance, double_tada
         self.tada_head_dim, self.grid_size = tada_head_dim, img_size // patch_size
+        self.embed_dim = embed_dim
         self.frame_multiple = 2 if tubelet else 1
 
         p = patch_size
@@ -352,6 +373,10 @@ class VideoViT(VideoClassifier):
             )
             for i in range(layers)
         )
+        if embed_dim is None:
+            self.register_parameter("proj", None)
+        else:
+            self.proj = nn.Parameter(torch.empty(width, embed_dim))
         self._init_weights()
         self._init_head(width, num_classes, drop_rate, head_norm=nn.LayerNorm(width))
 
@@ -361,6 +386,8 @@ class VideoViT(VideoClassifier):
         scale = self.width ** -0.5
         nn.init.normal_(self.class_embedding, std=scale)
         nn.init.normal_(self.positional_embedding, std=scale)
+        if self.proj is not None:
+            nn.init.normal_(self.proj, std=scale)
         for blk in self.blocks:
             nn.init.normal_(blk.attn.in_proj_weight, std=0.02)
             nn.init.zeros_(blk.attn.in_proj_bias)
@@ -398,6 +425,17 @@ class VideoViT(VideoClassifier):
             x = blk(x, b, (t, gh, gw))
         return x[:, 0].reshape(b, t, self.width).permute(0, 2, 1)[..., None, None]
 
+    def forward_embed(self, x: Tensor) -> Tensor:
+        """``(B, 3, T, H, W)`` -> the video embedding ``(B, embed_dim)``, un-normalised:
+        ``proj(ln_post(mean over T' of the CLS tokens))`` (``forward_head(..., pre_logits=True)``
+        projected by CLIP's ``proj``). Needs a model built with ``embed_dim``."""
+        if self.proj is None:
+            raise ValueError(
+                f"{type(self).__name__} was built without a projection: pass embed_dim= (CLIP B/16: 512, "
+                "L/14: 768) to the constructor or create_model to get forward_embed"
+            )
+        return self.forward_head(self.forward_features(x), pre_logits=True) @ self.proj
+
     # -- optimiser helpers --------------------------------------------------------------------
     def no_weight_decay(self) -> set:
         """Parameters CLIP fine-tuning usually exempts from weight decay (besides norms and biases)."""
@@ -417,7 +455,7 @@ class VideoViT(VideoClassifier):
         a rule set below:
 
         * OpenAI CLIP / open_clip full model (``visual.conv1.weight``, ``visual.transformer.resblocks.N``;
-          the text tower, ``visual.proj`` and TorchScript extras are dropped);
+          the text tower and TorchScript extras are dropped);
         * a CLIP visual tower alone (the same without ``visual.``);
         * the paper's released TAdaFormer (``backbone.conv1``, ``backbone.layers.N.{tada, tada2, attn,
           …}``, ``head.out``);
@@ -425,14 +463,16 @@ class VideoViT(VideoClassifier):
 
         A 2D patch embedding is centre-inflated into the tubelet; a positional embedding laid out for
         another square grid is resampled to ``img_size``'s. TAda branches absent from CLIP keep their
-        init (new by design).
+        init (new by design). CLIP's ``proj`` (also in this project's own checkpoints) is loaded into
+        ``proj`` when the model has one (``embed_dim``) and dropped when it has none.
         """
         sd = dict(state_dict)
         fits = {"patch_embed": self._fit_patch_embed, "pos": self._fit_pos, "branch": self._released_branch}
+        own = set(self.state_dict())
         if "patch_embed.weight" in sd or any(k.startswith("blocks.") for k in sd):
-            return apply_rules(sd, OWN_RULES, transforms=fits)
+            return apply_rules(sd, OWN_RULES, transforms=fits, targets=own)
         if any(k.startswith("backbone.") for k in sd):
-            return apply_rules(sd, RELEASED_RULES, transforms=fits, unmatched="error", what=(
+            return apply_rules(sd, RELEASED_RULES, transforms=fits, targets=own, unmatched="error", what=(
                 "released checkpoint with keys that are not a TAdaFormer's (expected backbone.{conv1, "
                 "class_embedding, positional_embedding, ln_pre, ln_post}, backbone.layers.N.*, head.out.*)"))
         if any(k.startswith("visual.trunk.") for k in sd):
@@ -450,7 +490,7 @@ class VideoViT(VideoClassifier):
                 f"backbone.layers.N.*) or this model's own keys (patch_embed.weight, blocks.N.*); got keys like "
                 f"{sorted(sd)[:6]}"
             )
-        return apply_rules(visual, CLIP_VISUAL_RULES, transforms=fits, unmatched="error",
+        return apply_rules(visual, CLIP_VISUAL_RULES, transforms=fits, targets=own, unmatched="error",
                            what="CLIP visual tower with keys this ViT does not have")
 
     def _fit_patch_embed(self, w: Tensor) -> Tensor:
@@ -490,6 +530,7 @@ class VideoViT(VideoClassifier):
             f"width={self.width}, layers={self.layers}, heads={self.heads}, patch_size={self.patch_size}, "
             f"img_size={self.img_size}, tada={self.tada}, tubelet={self.tubelet}, "
             f"temp_enhance={self.temp_enhance}, double_tada={self.double_tada}"
+            + (f", embed_dim={self.embed_dim}" if self.embed_dim is not None else "")
         )
 
 
