@@ -215,9 +215,31 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from tada.engine.checkpoint import load_checkpoint
     from tada.engine.predict import predict_videos
 
-    results = predict_videos(args.videos, args.checkpoint, topk=args.topk, device=args.device)
+    labels = None
+    if args.labels is not None or args.labels_file is not None:
+        if args.labels is not None and args.labels_file is not None:
+            raise ValueError("give --labels or --labels-file, not both")
+        if args.labels_file is not None:
+            from tada.data.classnames import read_class_names
+
+            labels = read_class_names(args.labels_file)
+        else:
+            labels = [t.strip() for t in args.labels.split(",") if t.strip()]
+        if not labels:
+            raise ValueError("--labels / --labels-file gave no labels; e.g. --labels 'juggling,dancing'")
+    task = ((load_checkpoint(args.checkpoint).get("config") or {}).get("task") or {}).get("name")
+    if labels is not None or task == "video_text":  # free-text labels ranked by a video-text model
+        from tada.engine.zeroshot import predict_labels
+
+        if task != "video_text":
+            raise ValueError(f"--labels ranks free text with a video-text checkpoint (task.name=video_text); "
+                             f"{args.checkpoint} was trained with task {task or 'classification'!r}")
+        results = predict_labels(args.videos, args.checkpoint, labels, topk=args.topk, device=args.device)
+    else:
+        results = predict_videos(args.videos, args.checkpoint, topk=args.topk, device=args.device)
     bad = 0
     for r in results:
         if "error" in r:
@@ -279,15 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--no-progress", action="store_true")
     test.set_defaults(func=_test)
 
-    predict = sub.add_parser("predict", help="top-k classes of video files from a checkpoint")
+    predict = sub.add_parser("predict", help="top-k classes of video files from a checkpoint (or, for a video-text "
+                             "checkpoint, free-text labels ranked)")
     predict.add_argument("videos", nargs="+", metavar="VIDEO")
     predict.add_argument("--checkpoint", required=True)
     predict.add_argument("--topk", type=int, default=5)
     predict.add_argument("--device", default="cpu")
+    predict.add_argument("--labels", default=None, metavar="A,B,C",
+                         help="video-text checkpoints: rank these free-text labels (comma-separated)")
+    predict.add_argument("--labels-file", default=None, metavar="FILE", help="video-text checkpoints: one label per line")
     predict.set_defaults(func=_predict)
 
     sub.add_parser("extract", add_help=False,
                    help="features of every video for temporal action localisation (see `tada extract --help`)")
+    sub.add_parser("zeroshot", add_help=False,
+                   help="zero-shot classification with a video-text checkpoint over dataset splits, mean ± std "
+                   "(see `tada zeroshot --help`)")
     sub.add_parser("eval-detection", add_help=False,
                    help="ActivityNet-protocol detection mAP / proposal AR@AN of a results JSON "
                    "(see `tada eval-detection --help`)")
@@ -355,6 +384,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from tada.engine.extract import main as extract_main
 
         return extract_main(argv[1:])
+    if argv[:1] == ["zeroshot"]:
+        from tada.engine.zeroshot import main as zeroshot_main
+
+        return zeroshot_main(argv[1:])
     if argv[:1] == ["eval-detection"]:
         from tada.engine.detection_eval import main as eval_main
 

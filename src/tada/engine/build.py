@@ -53,6 +53,8 @@ def build_dataset(cfg: Config, split: str, *, train: Optional[bool] = None) -> T
     kwargs: Dict[str, Any] = {}
     if d.class_names and d.format in ("kinetics", "csv", "kinetics_csv"):
         kwargs["class_names"] = str(_resolve(d.root, d.class_names))
+    if d.format == "hmdb51":  # one folder of split files holds both subsets: val / test read the test videos
+        kwargs["subset"] = "train" if split == "train" else "test"
     samples, labels = D.load_annotations(path, d.format, root=d.root or None, **kwargs)
     if d.flip_label_map not in (None, "ssv2"):
         raise ValueError(f"data.flip_label_map must be null or 'ssv2', got {d.flip_label_map!r}")
@@ -172,6 +174,8 @@ def load_for_inference(checkpoint, device="cpu"):
     from .tasks import build_task
 
     task = build_task(cfg, labels)
+    if hasattr(task, "build_model_for_state"):  # the architecture read from the state (no source files needed)
+        return task.build_model_for_state(state["model_state"], device).eval(), cfg, labels
     model = task.build_model(pretrained=False)
     try:
         model.load_state_dict(state["model_state"])

@@ -78,8 +78,17 @@ def test_checkpoint(cfg, checkpoint, *, ema: bool = False, progress: bool = Fals
     ds, labels = task_class(cfg).build_dataset(cfg, "test")
     task = build_task(cfg, LabelSpace.from_parser(labels))
     task.check_labels(getattr(ds, "samples", ()), "test")
-    model = task.build_model(dist.device, pretrained=False)
-    load_weights(model, checkpoint, ema=ema, name=cfg.model.name)
+    if hasattr(task, "build_model_for_state"):  # the architecture read from the checkpoint (no source files)
+        from .checkpoint import load_checkpoint
+
+        state = load_checkpoint(checkpoint)
+        key = "model_ema_state" if ema else "model_state"
+        if key not in state:
+            raise ValueError(f"{checkpoint} has no {key!r}")
+        model = task.build_model_for_state(state[key], dist.device)
+    else:
+        model = task.build_model(dist.device, pretrained=False)
+        load_weights(model, checkpoint, ema=ema, name=cfg.model.name)
     loader = build_loader(cfg, ds, train=False, rank=dist.rank, world_size=dist.world_size, device=dist.device,
                           collate_fn=task.collate)
     res = evaluate(model, loader, task, device=dist.device, autocast=autocast_for(cfg, dist.device),

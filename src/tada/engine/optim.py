@@ -51,6 +51,8 @@ def param_groups(model: nn.Module, *, weight_decay: float, new_param_lr_mult: fl
     new: Set[str] = set(model.new_parameter_names()) if hasattr(model, "new_parameter_names") else set()
     head: Set[str] = set(model.head_keys()) if hasattr(model, "head_keys") else set()
     layers = _layer_of(model) if layer_decay is not None else None
+    # a model's own lr scale for some parameters (a video-text model's text tower: its lr and layer decay)
+    own: Dict[str, float] = dict(model.param_lr_scales()) if hasattr(model, "param_lr_scales") else {}
     if layer_decay is not None and layers is None:
         raise ValueError(f"optim.layer_decay is set but {type(model).__name__} defines no layer_groups(); "
                          "layer-wise lr decay applies to TAdaFormer / ViT models (they define layer_id)")
@@ -65,6 +67,8 @@ def param_groups(model: nn.Module, *, weight_decay: float, new_param_lr_mult: fl
         if layers is not None:
             layer = layers.get(name, depth)  # not in any group: treated as the top (head side)
             scale *= layer_decay ** (depth - layer)
+        if name in own:
+            scale = own[name]
         key = (wd, scale, layer)
         g = groups.setdefault(key, {"params": [], "param_names": [], "weight_decay": wd, "lr_scale": scale})
         g["params"].append(p)

@@ -4,6 +4,7 @@
 ``classification``     one label per clip (Kinetics, SSV2, ...): :mod:`.classification`
 ``verb_noun``          Epic-Kitchens verb + noun heads, action accuracy: :mod:`.verb_noun`
 ``localization``       BMN on pre-extracted features, proposals and mAP: :mod:`.localization`
+``video_text``         a video tower + CLIP's text tower, class names as text: :mod:`.video_text`
 =====================  ===================================================================
 
 Adding a task is one file: subclass :class:`~tada.engine.tasks.base.Task`, decorate it with
@@ -68,4 +69,4 @@ def build_task(cfg, labels) -> Task:
     return cls(labels, cfg, options)
 
 
-from . import classification, localization, verb_noun  # noqa: E402,F401  (register the built-in tasks)
+from . import classification, localization, verb_noun, video_text  # noqa: E402,F401  (register the built-in tasks)
