@@ -24,14 +24,7 @@ from tada.models.text import tokenize
 TEXT = "task.kwargs.text={name: tiny, layers: 1}"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, loaded CPU, OpenMP threads waiting for each other cost far more
-    than they gain on these tiny models (the numbers tested do not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _cfg(synth, out, *extra):

@@ -33,14 +33,7 @@ COLOUR = {f"{d}/{f}": rgb for d, f, rgb in VIDEOS}
 CLASSES = ["Red", "Green", "Blue"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, loaded CPU, OpenMP threads waiting for each other cost far more
-    than they gain on these tiny models (the numbers tested do not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,7 @@ TINY_TEXT = {"name": "tiny", "layers": 1}
 TEXTS = ["a video of a person brush hair.", "brush hair", "a video of a person cartwheel.", "cartwheel"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, loaded CPU, OpenMP threads waiting for each other cost far more
-    than they gain on these tiny models (the numbers tested do not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _rel(a, b):

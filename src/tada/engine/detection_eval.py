@@ -678,16 +678,9 @@ def _run(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``tada eval-detection``; returns the exit code (2: a bad option, file or value, with a one-line message)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return _run(build_parser().parse_args(argv))
-    except SystemExit as e:  # --help
-        return int(e.code or 0) if not isinstance(e.code, str) else 2
-    except (ValueError, OSError) as e:
-        if os.environ.get("TADA_DEBUG"):
-            raise
-        print(f"tada eval-detection: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    from .commands import run_command
+
+    return run_command("tada eval-detection", lambda a: _run(build_parser().parse_args(a)), argv)
 
 
 if __name__ == "__main__":

@@ -908,22 +908,10 @@ def _run(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``tada extract``; returns the exit code (2: a bad option, path or value, with a one-line message)."""
-    from .distributed import DistributedError
+    from .commands import run_command
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_intermixed_args(argv)
-        return _run(args)
-    except SystemExit as e:  # --help
-        return int(e.code or 0) if not isinstance(e.code, str) else 2
-    except (ValueError, OSError, DistributedError, KeyboardInterrupt) as e:
-        if os.environ.get("TADA_DEBUG"):
-            raise
-        if isinstance(e, KeyboardInterrupt):
-            print("tada extract: interrupted (run the same command again to resume)", file=sys.stderr)
-            return 130
-        print(f"tada extract: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return run_command("tada extract", lambda a: _run(build_parser().parse_intermixed_args(a)), argv,
+                       interrupted="interrupted (run the same command again to resume)")
 
 
 if __name__ == "__main__":

@@ -383,32 +383,23 @@ def _print_summary(s: Dict[str, Any]) -> None:
           f"-> {s.get('results_json', '')}")
 
 
+def _main(argv: List[str]) -> int:
+    args = build_parser().parse_intermixed_args(argv)
+    overrides = list(args.overrides) + ([f"data.root={args.root}"] if args.root is not None else [])
+    cfg = load_config(args.config, overrides)
+    summary = zeroshot(cfg, args.checkpoint, dataset=args.dataset, splits=args.splits, lists=args.lists,
+                       list_path=args.list_path, class_names=args.class_names, templates=args.templates,
+                       ema=args.ema, progress=not args.no_progress and sys.stderr.isatty())
+    if "results_json" in summary:
+        _print_summary(summary)
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """``tada zeroshot``; returns the exit code (2: a bad option, path or value, with a one-line message)."""
-    from .distributed import DistributedError
+    from .commands import run_command
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_intermixed_args(argv)
-        overrides = list(args.overrides) + ([f"data.root={args.root}"] if args.root is not None else [])
-        cfg = load_config(args.config, overrides)
-        summary = zeroshot(cfg, args.checkpoint, dataset=args.dataset, splits=args.splits, lists=args.lists,
-                           list_path=args.list_path,
-                           class_names=args.class_names, templates=args.templates, ema=args.ema,
-                           progress=not args.no_progress and sys.stderr.isatty())
-        if "results_json" in summary:
-            _print_summary(summary)
-        return 0
-    except SystemExit as e:  # --help, or an argparse error (already printed)
-        return int(e.code or 0) if not isinstance(e.code, str) else 2
-    except (ValueError, OSError, DistributedError, KeyboardInterrupt) as e:
-        if os.environ.get("TADA_DEBUG"):
-            raise
-        if isinstance(e, KeyboardInterrupt):
-            print("tada zeroshot: interrupted", file=sys.stderr)
-            return 130
-        print(f"tada zeroshot: error: {' '.join(str(e).split())} (TADA_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 2
+    return run_command("tada zeroshot", _main, argv)
 
 
 if __name__ == "__main__":
