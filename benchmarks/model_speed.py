@@ -147,6 +147,8 @@ def main(argv=None):
     p.add_argument("--grouped", action="store_true", help="also time TAda with the release's grouped operator")
     p.add_argument("--plugins", action="store_true", help="the plug-in backbones (SlowOnly, SlowFast, R(2+1)D, R3D)")
     p.add_argument("--size", type=int, default=112, help="input size of the --plugins runs (default 112)")
+    p.add_argument("--only", default=None, metavar="SUBSTRING",
+                   help="measure only the pairs whose TAda model's name contains this (e.g. tada_r3d_r50)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -156,6 +158,10 @@ def main(argv=None):
     print(f"# Model speed: {info['device']}, torch {info['torch']}, {info['threads']} threads, "
           f"{args.dtype}, batch {args.batch}" + (f", plug-in backbones at {args.size}²" if args.plugins else ""))
     prs = plugin_pairs(args.size) if args.plugins else pairs(args.grouped)
+    if args.only:
+        prs = [pr for pr in prs if args.only in pr.tada.model]
+        if not prs:
+            p.error(f"--only {args.only!r} matches no pair")
     runs = list(dict.fromkeys(r for pr in prs for r in (pr.tada, pr.base)))
 
     mem = {}

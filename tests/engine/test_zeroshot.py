@@ -258,6 +258,22 @@ def test_predict_labels_ranks_free_text_labels_on_real_videos(ucf, checkpoint, t
         predict_labels([str(video)], checkpoint, ["red", " "])
 
 
+def test_tada_predict_labels_command(ucf, checkpoint, tmp_path, capsys):
+    # `tada predict VIDEO --checkpoint CKPT --labels a,b,c` prints every given label, ranked, with its score
+    from tada.cli import main as tada
+
+    video = ucf / "UCF-101" / "Red" / "v_Red_g01_c01.mp4"
+    assert tada(["predict", str(video), "--checkpoint", str(checkpoint), "--labels", "red,a green thing,blue"]) == 0
+    lines = [ln.split(None, 1) for ln in capsys.readouterr().out.splitlines()[1:]]
+    assert [name for _, name in lines] == [n for n, _ in predict_labels([str(video)], checkpoint,
+                                                                         ["red", "a green thing", "blue"])[0]["top"]]
+    assert sum(float(p.rstrip("%")) for p, _ in lines) == pytest.approx(100.0, abs=0.05)
+    (tmp_path / "labels.txt").write_text("blue\nred\n")
+    assert tada(["predict", str(video), "--checkpoint", str(checkpoint), "--labels-file",
+                 str(tmp_path / "labels.txt")]) == 0
+    assert {ln.split(None, 1)[1] for ln in capsys.readouterr().out.splitlines()[1:]} == {"blue", "red"}
+
+
 def test_clip_itself_zero_shot_without_a_checkpoint_equals_open_clip(ucf, tmp_path):
     """No checkpoint: the config's model is built from a CLIP file (here a tiny random open_clip CLIP); on
     static clips the TSN-ViT's video embedding is open_clip's image embedding of the frame, so each
