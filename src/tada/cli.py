@@ -218,6 +218,10 @@ def _predict(args: argparse.Namespace) -> int:
     from tada.engine.checkpoint import load_checkpoint
     from tada.engine.predict import predict_videos
 
+    import torch
+
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():  # before any file is read
+        raise ValueError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
     labels = None
     if args.labels is not None or args.labels_file is not None:
         if args.labels is not None and args.labels_file is not None:
