@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 
 import tada.engine.tasks.video_text  # noqa: F401  (registers the task)
 from tada.data.labels import LabelSpace
@@ -145,18 +144,6 @@ def test_class_names_are_cleaned_or_kept():
     assert raw.class_texts() == [["a video of a person ApplyEyeMakeup.", "ApplyEyeMakeup"]]
 
 
-def _optim_reads_param_lr_scales() -> bool:
-    class Probe(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = nn.Parameter(torch.zeros(2, 2))
-
-        def param_lr_scales(self):
-            return {"w": 0.25}
-
-    return param_groups(Probe(), weight_decay=0.0)[0]["lr_scale"] == 0.25
-
-
 def test_the_text_tower_gets_its_own_lr_and_layer_decay():
     cfg = load_config(None, [
         "model.name=tsn_vit_b16_clip", "model.kwargs={width: 64, layers: 2, heads: 1, patch_size: 8, img_size: 32}",
@@ -169,8 +156,6 @@ def test_the_text_tower_gets_its_own_lr_and_layer_decay():
     assert scales["text.transformer.resblocks.0.attn.in_proj_weight"] == pytest.approx(0.05)
     assert scales["text.text_projection"] == pytest.approx(0.1) and len(scales) == len(list(model.text.parameters()))
     assert model.layer_id("video.blocks.1.ln_1.weight") == 2 and model.layer_id("text.ln_final.weight") == 3
-    if not _optim_reads_param_lr_scales():
-        pytest.skip("tada.engine.optim.param_groups does not read the model's param_lr_scales() hook yet")
     groups = param_groups(model, weight_decay=0.05, layer_decay=0.7)
     lr_of = {n: g["lr_scale"] for g in groups for n in g["param_names"]}
     for name, s in scales.items():
