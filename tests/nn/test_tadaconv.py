@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 from tada.nn import RouteFuncAttn, RouteFuncMLP, TAdaConv2d, tada_conv2d
+from nn_testing import randomise  # tests/nn/nn_testing.py
 
 B, T, H, W = 2, 5, 9, 8
 
@@ -14,13 +15,6 @@ def per_frame(conv, x):
     return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
 
 
-def randomise(module, std=0.5, seed=0):
-    """Give every weight (the zero-initialised last routing layers included) random values."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return module
 
 
 # (conv, TAda kwargs): dense cin conv; depthwise cout conv with bias and bias calibration

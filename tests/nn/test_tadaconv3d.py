@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from tada.nn import RouteFuncMLP, TAdaConv3d, tada_conv3d
 from tada.nn.functional3d import output_frame_centres, output_frames, sample_output_frames
+from nn_testing import randomise  # tests/nn/nn_testing.py
 
 B, T, H, W = 2, 7, 5, 6
 F64 = torch.float64
@@ -211,13 +212,6 @@ def test_bfloat16_autocast_runs_and_is_close():
 # ---------------------------------------------------------------------------------------- module
 
 
-def randomise(module, std=0.5, seed=0):
-    """Random values for every parameter, the zero-initialised last routing layers included."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return module
 
 
 # (conv, TAda kwargs)
