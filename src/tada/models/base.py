@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.utils.checkpoint
 from torch import Tensor
 
-from ..nn import RouteFuncAttn, RouteFuncMLP, TemporalAggregation
+from ..nn import TemporalAggregation
+from ..nn.calibration import ROUTING_TYPES
 
 __all__ = ["VideoClassifier", "mark_new_by_design"]
 
@@ -142,7 +143,7 @@ class VideoClassifier(nn.Module):
                 names.add(f"{prefix}.{n}" if prefix else n)
 
         for name, m in self.named_modules():
-            if isinstance(m, (RouteFuncMLP, RouteFuncAttn)) or getattr(m, "_tada_new_by_design", False):
+            if isinstance(m, ROUTING_TYPES) or getattr(m, "_tada_new_by_design", False):
                 add(name, m)
             elif isinstance(m, TemporalAggregation) and m.norm2 is not None:
                 add(f"{name}.norm2" if name else "norm2", m.norm2)

@@ -234,13 +234,16 @@ def routing_kwargs_for(routing: str, channels: int, user: Optional[Mapping[str, 
 
 
 def tada_conv2d(kernel_size: int = 3, *, cal_dim: str = "cin", routing: str = "v1",
-                routing_kwargs: Optional[Mapping[str, Any]] = None, impl: str = "auto") -> ConvFn:
-    """A :class:`~tada.nn.TAdaConv2d` (no bias, "same" padding; V1 routing r=4 on its input by default)."""
+                routing_kwargs: Optional[Mapping[str, Any]] = None, impl: str = "auto",
+                cal_fraction: float = 1.0) -> ConvFn:
+    """A :class:`~tada.nn.TAdaConv2d` (no bias, "same" padding; V1 routing r=4 on its input by default;
+    ``routing`` may be any name of :func:`tada.nn.routing_names`; ``cal_fraction``: the share of
+    calibrated channels)."""
 
     def make(cin: int, cout: int, stride: int = 1) -> nn.Module:
         return TAdaConv2d(cin, cout, kernel_size, stride, kernel_size // 2, bias=False, cal_dim=cal_dim,
                           routing=routing, routing_kwargs=routing_kwargs_for(routing, cin, routing_kwargs),
-                          impl=impl)
+                          impl=impl, cal_fraction=cal_fraction)
 
     return make
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 from functools import partial
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch.nn as nn
 from torch import Tensor
@@ -42,6 +42,7 @@ from torch import Tensor
 from .. import nn as tnn
 from ..nn import TAdaConv2d
 from ..nn.aggregation import NORMS, POOLS, SHORTCUTS
+from ..nn.calibration import routing_names
 from ..nn.functional import CAL_DIMS, IMPLS
 from .builders import (BlockFn, Bottleneck, ConvFn, NormFn, aggregate_frame_major, as_video, batch_norm, conv2d,
                        make_stage, run_layers, t_pool, tada_conv2d)
@@ -60,7 +61,7 @@ __all__ = [
     "tada2d_r_mini",
 ]
 
-ROUTINGS = ("v1", "v2")
+ROUTINGS = routing_names()
 
 R50_DEPTHS = (3, 4, 6, 3)
 R50_WIDTHS = (256, 512, 1024, 2048)
@@ -85,9 +86,16 @@ class VideoResNet(VideoClassifier):
         tada: TAdaConv2d (True) or a plain 3x3 Conv2d (False, TSN) in every bottleneck.
         cal_dim: TAdaConv calibration, ``"cin"`` (default) | ``"cout"`` | ``"cin_cout"`` | ``"k2"``
             (paper Table 3b).
-        routing: ``"v1"`` (RouteFuncMLP, default) | ``"v2"`` (RouteFuncAttn).
+        routing: ``"v1"`` (RouteFuncMLP, default) | ``"v2"`` (RouteFuncAttn) | a calibration generator
+            of :mod:`tada.nn.calibration` (``"learnable"``, ``"learnable_t"``, ``"dynamic"``,
+            ``"dynamic_t"``, ``"tam_global"``, ``"tam_local_global"``; paper Tables 3a / A8).
         routing_kwargs: extra routing arguments, e.g. ``reduction``, ``kernels``, ``global_context``,
-            ``linear`` for V1 (Table 3d), ``head_dim`` for V2.
+            ``linear`` for V1 (Table 3d), ``head_dim`` for V2, ``init="ones"|"random"`` for all.
+        tada_stages: the stages that use TAdaConv, numbered as the paper's res2..res5 (``2`` is
+            ``layer1``); default all. The other stages are TSN stages (plain 3x3 conv and ``bn2``, no
+            T-Pool). Paper Fig. 4.
+        cal_fraction: the share of each TAdaConv's channels that is calibrated (the first
+            ``ceil(C * cal_fraction)``; the rest keep alpha = 1). Paper Fig. 4.
         tada_impl: TAdaConv implementation, ``"auto"`` | ``"fast"`` | ``"grouped"``.
         aggregation: T-Pool after the 3x3 conv (default: on exactly when ``tada`` is).
         agg_norm: ``"bn"`` (default) | ``"ln"``; agg_pool: ``"avg"`` | ``"max"`` | ``"mix"``;
@@ -108,6 +116,8 @@ class VideoResNet(VideoClassifier):
         routing: str = "v1",
         routing_kwargs: Optional[Mapping[str, Any]] = None,
         tada_impl: str = "auto",
+        tada_stages: Optional[Sequence[int]] = None,
+        cal_fraction: float = 1.0,
         aggregation: Optional[bool] = None,
         agg_norm: str = "bn",
         agg_pool: str = "avg",
@@ -140,6 +150,23 @@ class VideoResNet(VideoClassifier):
                 raise ValueError(f"routing_kwargs must be a dict, got {type(routing_kwargs).__name__}")
             if not tada:
                 raise ValueError("routing_kwargs only apply to TAda models (tada=True)")
+        all_stages = tuple(range(2, 2 + len(depths)))
+        if tada_stages is None:
+            tada_stages = all_stages if tada else ()
+        else:
+            if not tada:
+                raise ValueError("tada_stages only apply to TAda models (tada=True)")
+            tada_stages = tuple(sorted(set(check_pos_int_seq(tada_stages, "tada_stages"))))
+            if not tada_stages or not set(tada_stages) <= set(all_stages):
+                raise ValueError(
+                    f"tada_stages must be a non-empty subset of {all_stages} (res2..res{all_stages[-1]}), "
+                    f"got {tada_stages}"
+                )
+        if (isinstance(cal_fraction, bool) or not isinstance(cal_fraction, (int, float))
+                or not 0 < cal_fraction <= 1):
+            raise ValueError(f"cal_fraction must be in (0, 1], got {cal_fraction!r}")
+        if cal_fraction != 1 and not tada:
+            raise ValueError("cal_fraction only applies to TAda models (tada=True)")
         if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate must be a float in [0, 1), got {drop_rate!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
@@ -149,12 +176,17 @@ class VideoResNet(VideoClassifier):
         self.tada, self.aggregation, self.cal_dim, self.routing = tada, aggregation, cal_dim, routing
         self.agg_norm = agg_norm
 
-        conv_b = (tada_conv2d(3, cal_dim=cal_dim, routing=routing, routing_kwargs=routing_kwargs, impl=tada_impl)
-                  if tada else conv2d(3))
-        block = partial(Bottleneck, bottleneck_ratio=bottleneck_ratio, conv_b=conv_b,
-                        aggregation=t_pool(agg_norm, agg_pool, agg_shortcut) if aggregation else None)
+        self.tada_stages, self.cal_fraction = tada_stages, float(cal_fraction)
+        tada_block = partial(
+            Bottleneck, bottleneck_ratio=bottleneck_ratio,
+            conv_b=tada_conv2d(3, cal_dim=cal_dim, routing=routing, routing_kwargs=routing_kwargs, impl=tada_impl,
+                               cal_fraction=cal_fraction),
+            aggregation=t_pool(agg_norm, agg_pool, agg_shortcut) if aggregation else None)
+        plain_block = partial(Bottleneck, bottleneck_ratio=bottleneck_ratio, conv_b=conv2d(3),
+                              aggregation=t_pool(agg_norm, agg_pool, agg_shortcut) if aggregation and not tada else None)
+        blocks = tuple(tada_block if s in tada_stages else plain_block for s in all_stages)
         self._build_trunk(stem_conv=conv2d(7), stem_width=stem_width, depths=depths, widths=widths,
-                          strides=(2,) * len(depths), blocks=(block,) * len(depths))
+                          strides=(2,) * len(depths), blocks=blocks)
         self._init_weights()
         self._init_head(widths[-1], num_classes, float(drop_rate))
 
@@ -208,7 +240,7 @@ class VideoResNet(VideoClassifier):
                     "(expected backbone.conv1.a.weight, backbone.conv2.res_*.conv_branch.*); "
                     f"found e.g. {sorted(keys)[:5]}"
                 )
-            return apply_rules(_zero_based_blocks(state_dict), RELEASED_RULES, fields=self._fields())
+            return self._place_bn2(apply_rules(_zero_based_blocks(state_dict), RELEASED_RULES, fields=self._fields()))
         if "conv1.weight" in state_dict and any(k.startswith("layer1.") for k in keys):
             return self._from_torchvision(state_dict)
         raise ValueError(
@@ -218,14 +250,31 @@ class VideoResNet(VideoClassifier):
             f"or this project's keys; found e.g. {sorted(keys)[:5]}"
         )
 
+    def _t_pool_layers(self) -> Tuple[str, ...]:
+        """The ``layerN`` stages whose blocks have T-Pool."""
+        return tuple(n for n in self.stage_names if any(getattr(b, "agg", None) is not None for b in getattr(self, n)))
+
     def _fields(self) -> Dict[str, str]:
-        return {"bn2": "agg.norm1" if self.aggregation else "bn2"}
+        # {bn2} for every block; with T-Pool on some stages only, _place_bn2 moves those stages' keys
+        pooled = self._t_pool_layers()
+        return {"bn2": "agg.norm1" if pooled and len(pooled) == len(self.stage_names) else "bn2"}
+
+    def _place_bn2(self, sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """With T-Pool on some stages only (``tada_stages``): ``bn2`` -> ``agg.norm1`` in those stages."""
+        pooled = self._t_pool_layers()
+        if not pooled or len(pooled) == len(self.stage_names):
+            return sd
+        rules = ((Rule(rf"(?P<b>(?:{'|'.join(pooled)})\.\d+)\.bn2\.(?!weight$|bias$).+", None),)
+                 if self.agg_norm == "ln" else ())
+        rules += (Rule(rf"(?P<b>(?:{'|'.join(pooled)})\.\d+)\.bn2\.(?P<p>.+)", "{b}.agg.norm1.{p}"),)
+        return apply_rules(sd, rules)
 
     def _from_torchvision(self, sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         """torchvision keys (and this project's own, which pass unchanged): :data:`TORCHVISION_RULES`,
         after :data:`LN_TPOOL_RULES` with a LayerNorm T-Pool."""
-        rules = (LN_TPOOL_RULES if self.aggregation and self.agg_norm == "ln" else ()) + TORCHVISION_RULES
-        return apply_rules(sd, rules, fields=self._fields())
+        every = self._fields()["bn2"] == "agg.norm1"
+        rules = (LN_TPOOL_RULES if every and self.agg_norm == "ln" else ()) + TORCHVISION_RULES
+        return self._place_bn2(apply_rules(sd, rules, fields=self._fields()))
 
 
 # -- checkpoint rule sets (tada.models.convert); {bn2} is "bn2", or "agg.norm1" with T-Pool ---------------

@@ -3,6 +3,8 @@
 Knows nothing about models, data or configs.
 """
 from . import functional, functional3d
+from .calibration import (CALIBRATIONS, DynamicCalibration, LearnableCalibration, PartialCalibration,
+                          TAMCalibration, build_routing, routing_names)
 from .aggregation import ChannelNorm, TemporalAggregation, temporal_pool
 from .functional import tada_conv2d
 from .functional3d import tada_conv3d
@@ -20,6 +22,13 @@ __all__ = [
     "TAdaConv3d",
     "RouteFuncMLP",
     "RouteFuncAttn",
+    "CALIBRATIONS",
+    "LearnableCalibration",
+    "DynamicCalibration",
+    "TAMCalibration",
+    "PartialCalibration",
+    "build_routing",
+    "routing_names",
     "TemporalAggregation",
     "temporal_pool",
     "ChannelNorm",

@@ -10,11 +10,9 @@ from torch import Tensor
 from torch.nn.modules.utils import _pair
 
 from .functional import CAL_DIMS, IMPLS, tada_conv2d
-from .routing import RouteFuncAttn, RouteFuncMLP
+from .calibration import build_routing, routing_names
 
 __all__ = ["TAdaConv2d"]
-
-ROUTINGS = {"v1": RouteFuncMLP, "v2": RouteFuncAttn}
 
 
 def check_conv_args(in_channels, out_channels, groups, cal_dim, cal_dims, impl, impls, bias, bias_calibration,
@@ -46,10 +44,16 @@ class TAdaConv2d(nn.Module):
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as Conv2d
             (zero padding only).
         cal_dim: ``"cin"`` (dense convs), ``"cout"`` (depthwise convs), ``"cin_cout"`` or ``"k2"``.
-        routing: ``"v1"`` (:class:`RouteFuncMLP`, default), ``"v2"`` (:class:`RouteFuncAttn`), ``None``
-            (the caller always passes ``alpha``), or a ready ``nn.Module`` with the same contract.
-        routing_kwargs: extra arguments for the routing class (``reduction``, ``kernels``, ``head_dim``…).
-            The routing's input channels, output channels and bias head follow from this layer.
+        routing: ``"v1"`` (:class:`RouteFuncMLP`, default), ``"v2"`` (:class:`RouteFuncAttn`), a
+            calibration generator of :mod:`tada.nn.calibration` (``"learnable"``, ``"learnable_t"``,
+            ``"dynamic"``, ``"dynamic_t"``, ``"tam_global"``, ``"tam_local_global"``), ``None`` (the
+            caller always passes ``alpha``), or a ready ``nn.Module`` with the same contract.
+        routing_kwargs: extra arguments for the routing class (``reduction``, ``kernels``, ``head_dim``,
+            ``init="ones"|"random"``…). Its input channels, output channels and bias head follow from
+            this layer.
+        cal_fraction: the share of channels calibrated (paper Fig. 4): only the first
+            ``ceil(n * cal_fraction)`` of each calibration's ``n`` channels get a routed ``alpha``, the
+            others exactly 1. Needs a routing given by name.
         bias_calibration: also calibrate the bias per frame (TAdaConvV2); needs ``bias=True``.
         impl: ``"auto"`` | ``"fast"`` | ``"grouped"``, see :func:`tada.nn.functional.tada_conv2d`.
     """
@@ -70,6 +74,7 @@ class TAdaConv2d(nn.Module):
         routing_kwargs: Optional[dict] = None,
         bias_calibration: bool = False,
         impl: str = "auto",
+        cal_fraction: float = 1.0,
         device=None,
         dtype=None,
     ):
@@ -87,20 +92,20 @@ class TAdaConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
-        self.routing = self._build_routing(routing, routing_kwargs or {})
+        self.cal_fraction = cal_fraction
+        self.routing = self._build_routing(routing, routing_kwargs or {}, cal_fraction)
         if self.routing is not None and (device is not None or dtype is not None):
             self.routing.to(**{k: v for k, v in factory.items() if v is not None})
 
-    def _build_routing(self, routing, kwargs) -> Optional[nn.Module]:
+    def _build_routing(self, routing, kwargs, cal_fraction=1.0) -> Optional[nn.Module]:
         if routing is None or isinstance(routing, nn.Module):
             if kwargs:
-                raise ValueError("routing_kwargs only apply when routing is 'v1' or 'v2'")
+                raise ValueError("routing_kwargs only apply when the routing is given by name")
+            if cal_fraction != 1.0:
+                raise ValueError("cal_fraction only applies when the routing is given by name")
             return routing
-        if routing not in ROUTINGS:
-            raise ValueError(f"unknown routing {routing!r}; expected 'v1', 'v2', None or an nn.Module")
-        reserved = {"in_channels", "out_channels", "bias_channels"} & set(kwargs)
-        if reserved:
-            raise ValueError(f"routing_kwargs may not set {sorted(reserved)}: they follow from the layer")
+        if not isinstance(routing, str) or routing not in routing_names():
+            raise ValueError(f"unknown routing {routing!r}; expected one of {routing_names()}, None or an nn.Module")
         out = {
             "cin": self.in_channels,
             "cout": self.out_channels,
@@ -108,7 +113,8 @@ class TAdaConv2d(nn.Module):
             "k2": self.kernel_size[0] * self.kernel_size[1],
         }[self.cal_dim]
         bias_channels = self.out_channels if self.bias_calibration else None
-        return ROUTINGS[routing](self.in_channels, out, bias_channels=bias_channels, **kwargs)
+        return build_routing(routing, self.in_channels, out, bias_channels=bias_channels, kwargs=kwargs,
+                             cal_fraction=cal_fraction)
 
     def reset_parameters(self) -> None:
         # the same initialisation as nn.Conv2d

@@ -14,7 +14,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from .functional3d import CAL_DIMS_3D, IMPLS_3D, _triple, output_frames, sample_output_frames, tada_conv3d
-from .tadaconv import ROUTINGS, check_conv_args
+from .calibration import build_routing, routing_names
+from .tadaconv import check_conv_args
 
 __all__ = ["TAdaConv3d"]
 
@@ -85,16 +86,13 @@ class TAdaConv3d(nn.Module):
     def _build_routing(self, routing, kwargs) -> Optional[nn.Module]:
         if routing is None or isinstance(routing, nn.Module):
             if kwargs:
-                raise ValueError("routing_kwargs only apply when routing is 'v1' or 'v2'")
+                raise ValueError("routing_kwargs only apply when the routing is given by name")
             return routing
-        if routing not in ROUTINGS:
-            raise ValueError(f"unknown routing {routing!r}; expected 'v1', 'v2', None or an nn.Module")
-        reserved = {"in_channels", "out_channels", "bias_channels"} & set(kwargs)
-        if reserved:
-            raise ValueError(f"routing_kwargs may not set {sorted(reserved)}: they follow from the layer")
+        if not isinstance(routing, str) or routing not in routing_names():
+            raise ValueError(f"unknown routing {routing!r}; expected one of {routing_names()}, None or an nn.Module")
         out = self.in_channels if self.cal_dim == "cin" else self.out_channels
         bias_channels = self.out_channels if self.bias_calibration else None
-        return ROUTINGS[routing](self.in_channels, out, bias_channels=bias_channels, **kwargs)
+        return build_routing(routing, self.in_channels, out, bias_channels=bias_channels, kwargs=kwargs)
 
     def reset_parameters(self) -> None:
         # the same initialisation as nn.Conv3d
