@@ -324,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval-detection", add_help=False,
                    help="ActivityNet-protocol detection mAP / proposal AR@AN of a results JSON "
                    "(see `tada eval-detection --help`)")
+    sub.add_parser("explain", add_help=False,
+                   help="the per-frame calibration alpha of each TAdaConv layer for a video and its time reversal: "
+                   "heatmaps, magnitude across depth, JSON (see `tada explain --help`)")
+    sub.add_parser("compare", add_help=False,
+                   help="two finished runs: per-class gain, training curves, Markdown table "
+                   "(see `tada compare --help`)")
     demo = sub.add_parser("demo", help="the default job: synthetic data, TSN vs TAda2D, comparison table",
                           add_help=False)
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
@@ -396,6 +402,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         from tada.engine.detection_eval import main as eval_main
 
         return eval_main(argv[1:])
+    if argv[:1] == ["explain"]:
+        from tada.engine.explain import main as explain_main
+
+        return explain_main(argv[1:])
+    if argv[:1] == ["compare"]:
+        from tada.engine.compare import main as compare_main
+
+        return compare_main(argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # KEY=VALUE overrides given after an option (e.g. after --checkpoint CKPT)

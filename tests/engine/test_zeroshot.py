@@ -16,7 +16,8 @@ from tada.data.synth import write_video
 from tada.engine.checkpoint import save_checkpoint
 from tada.engine.config import load_config, to_dict
 from tada.engine.tasks import build_task
-from tada.engine.zeroshot import (STD_NOTE, _test_dataset, _views, load_split, load_video_text, main, mean_std,
+from tada.engine.predict import read_test_views
+from tada.engine.zeroshot import (STD_NOTE, _test_dataset, load_split, load_video_text, main, mean_std,
                                   predict_labels, run_zeroshot, zeroshot)
 from tada.models.base import VideoClassifier
 from tada.models.text import TextTransformer, tokenize
@@ -244,7 +245,7 @@ def test_predict_labels_ranks_free_text_labels_on_real_videos(ucf, checkpoint, t
     assert "error" in got[1] and got[1]["video"] == str(bad)
     # the scores are the softmax of the model's logits against the labels' prompts, by hand
     model, cfg, _ = load_video_text(checkpoint)
-    x, _ = _views(video, cfg.data, None)
+    x, _ = read_test_views(video, cfg.data, None)
     tokens = tokenize([t for lb in labels for t in (f"a video of {lb}.", lb)], 16).reshape(4, 2, 16)
     with torch.no_grad():
         want = torch.softmax(model(x, class_tokens=tokens), dim=1).mean(0)

@@ -11,7 +11,8 @@ Four steps, all on the CPU in about ten minutes on two cores:
 3. evaluate both on the test split with multi-view testing (2 temporal clips x 3 spatial crops,
    softmax scores summed);
 4. print and write a comparison (``{out}/summary.md``, ``{out}/summary.json``) next to each run's
-   plots (curves, confusion matrix, per-class accuracy).
+   plots (curves, confusion matrix, per-class accuracy), and the two runs side by side with
+   :func:`~tada.engine.compare.compare_runs` in ``{out}/compare`` (per-class gain, curves, table).
 
 Accuracies in the table, for the test videos (percent):
 
@@ -244,6 +245,13 @@ def run_demo(
              f"trained in {row['train_time_s']:.0f} s)")
 
     _say(f"[{total_steps}/{total_steps}] comparison")
+    from .compare import compare_runs
+
+    tsn, tada = rows  # per-class gain and both runs' curves, as `tada compare` writes them
+    label_a, label_b = tsn["label"], tada["label"]
+    compared = compare_runs(tsn["output_dir"], tada["output_dir"], out_dir=out / "compare", names=(label_a, label_b))
+    compare_line = (f"Per-class gain {label_b} − {label_a} and both runs' training curves: "
+                    + ", ".join(compared["files"].values()))
     table = format_table(rows)
     total = time.perf_counter() - t_start
     per_pair_lines = ["", "within-pair accuracy per pair (%):", ""]
@@ -264,9 +272,10 @@ def run_demo(
     summary = {
         "seed": seed, "quick": quick, "out": str(out), "dataset": data, "models": rows, "wall_time_s": total,
         "table": table, "summary_md": str(out / "summary.md"), "summary_json": str(out / "summary.json"),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "compare": compared["files"],
     }
-    md = "\n".join(["# tada demo: TSN vs TAda2D on time-reversed classes", "", table] + per_pair_lines + notes) + "\n"
+    md = "\n".join(["# tada demo: TSN vs TAda2D on time-reversed classes", "", table] + per_pair_lines + notes
+                   + ["", compare_line]) + "\n"
     (out / "summary.md").write_text(md)
     (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=1))
     _say("")
@@ -277,6 +286,7 @@ def run_demo(
     for r in rows:
         plots = ", ".join(v for k, v in r["files"].items() if str(v).endswith(".png"))
         _say(f"{r['label']:>7} plots: {plots}")
+    _say(compare_line)
     _say(f"summary: {out / 'summary.md'}, {out / 'summary.json'}")
     return summary
 

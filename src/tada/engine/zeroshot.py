@@ -47,6 +47,7 @@ from .checkpoint import load_checkpoint
 from .config import Config, from_dict, load_config
 from .evaluate import evaluate
 from .metrics import EvalResult, write_per_class_csv
+from .predict import read_test_views
 from .tasks import build_task
 from .tasks import video_text as _video_text  # noqa: F401  (registers task video_text)
 
@@ -287,22 +288,6 @@ def zeroshot(cfg: Config, checkpoint=None, *, dataset: Optional[str] = None, spl
 
 # -- open-vocabulary prediction -------------------------------------------------------------------
 
-def _views(video, d, backend) -> Tuple[Optional[torch.Tensor], D.VideoClipDataset]:
-    """The test views ``(V, 3, T, H, W)`` of one video file with the data config's protocol (as
-    :func:`tada.engine.predict.predict_videos` reads them; None when it cannot be read) and its
-    one-video dataset (whose ``failures`` say why)."""
-    ds = D.VideoClipDataset([D.Sample(str(video), 0)], frames=d.frames, sampling=d.sampling, rate=d.rate,
-                            target_fps=d.target_fps, train=False, transform=test_transforms(d),
-                            num_clips=d.test_clips, num_crops=d.test_crops, backend=backend or d.backend)
-    try:
-        items = [ds[i] for i in range(len(ds))]
-    except RuntimeError:
-        return None, ds
-    if not all(it["valid"] for it in items):
-        return None, ds
-    return torch.stack([it["video"] for it in items]), ds
-
-
 @torch.no_grad()
 def predict_labels(videos: Sequence[str], checkpoint, labels: Optional[Sequence[str]] = None, *,
                    templates: Optional[Sequence[str]] = None, device: str = "cpu", backend=None,
@@ -331,7 +316,7 @@ def predict_labels(videos: Sequence[str], checkpoint, labels: Optional[Sequence[
     text = task.text_features(model)
     out = []
     for video in videos:
-        x, ds = _views(video, cfg.data, backend)
+        x, ds = read_test_views(video, cfg.data, backend)
         if x is None:
             out.append({"video": str(video), "error": ds.failures.get(str(video), "unreadable video")})
             continue
