@@ -10,6 +10,11 @@ factory                     ``tada``    ``tubelet``  ``aggregation``   depthwise
 ``tadaconvnext_tiny``       ``"v1"``    True         False             TAdaConv2d, RouteFuncMLP
 ==========================  ==========  ===========  ================  =========================
 
+``tada`` may also name a calibration generator of :mod:`tada.nn.calibration` (``"learnable"``,
+``"learnable_t"``, ``"dynamic"``, ``"dynamic_t"``, ``"tam_global"``, ``"tam_local_global"``; paper
+Table 3a / A8), e.g. ``tada.create_model("tadaconvnextv2_tiny", tada="dynamic_t",
+routing_kwargs={"init": "ones"})``; ``routing_kwargs`` reaches every depthwise TAdaConv's routing.
+
 Block: depthwise 7x7 conv (a TAdaConv2d calibrating its output channels and, V2 and the release's
 V1, its bias) -> T-Pool with LayerNorms (or one LayerNorm) -> Linear C->4C -> act -> Linear 4C->C
 -> layer scale -> drop path -> residual.
@@ -40,14 +45,15 @@ from __future__ import annotations
 
 import warnings
 from functools import partial
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from ..nn.layers import DropPath
-from ..nn import QuickGELU, RouteFuncAttn, RouteFuncMLP, TAdaConv2d, TemporalAggregation
+from ..nn import QuickGELU, TAdaConv2d, TemporalAggregation
+from ..nn.calibration import ROUTING_TYPES, routing_names
 from ..nn.functional import batch_to_frames, frames_to_batch
 from ._checks import check_pos_int_seq
 from .base import VideoClassifier
@@ -58,9 +64,13 @@ from .registry import register_model
 
 __all__ = ["VideoConvNeXt", "FrameConv2d", "ConvNeXtBlock"]
 
-TADA_VERSIONS = (None, "v1", "v2")
+TADA_VERSIONS = (None,) + routing_names()  # None: the TSN baseline; "v1" / "v2" / a calibration generator
 ACTS = ("gelu", "quick_gelu")
 _LN_EPS = 1e-6
+
+
+def _is_pos_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
 # -- small layers ---------------------------------------------------------------------------------
@@ -135,11 +145,15 @@ class ConvNeXtBlock(nn.Module):
 
     Args:
         dim: channels C.
-        tada: ``None`` (plain depthwise conv per frame), ``"v1"`` (RouteFuncMLP) or ``"v2"``
-            (RouteFuncAttn) routing on a depthwise :class:`~tada.nn.TAdaConv2d` (``cal_dim="cout"``).
+        tada: ``None`` (plain depthwise conv per frame), or the routing of a depthwise
+            :class:`~tada.nn.TAdaConv2d` (``cal_dim="cout"``): ``"v1"`` (RouteFuncMLP), ``"v2"``
+            (RouteFuncAttn) or a calibration generator name (:func:`tada.nn.routing_names`).
         aggregation: T-Pool (``Norm1(y) + Norm2(AvgPool_T(y))``, LayerNorms) instead of one LayerNorm.
         act: ``"gelu"`` or ``"quick_gelu"``.
-        reduction, kernels, head_dim: routing widths (``head_dim`` for V2 only).
+        reduction, kernels, head_dim: V1 / V2 routing widths (``head_dim`` for V2 only); not passed to
+            a calibration generator.
+        routing_kwargs: further routing arguments, merged over (and overriding) the ones above for
+            V1 / V2 (V2 is ``zero_init=True`` unless overridden); a generator gets these alone.
         bias_calibration: calibrate the depthwise bias per frame too.
         layer_scale_init: initial layer scale γ (``None`` or 0: no layer scale).
         drop_path: stochastic depth rate of this block.
@@ -159,17 +173,18 @@ class ConvNeXtBlock(nn.Module):
         layer_scale_init: Optional[float] = 1e-6,
         drop_path: float = 0.0,
         mlp_ratio: int = 4,
+        routing_kwargs: Optional[Mapping[str, Any]] = None,
     ):
         super().__init__()
         if tada is None:
+            if routing_kwargs:
+                raise ValueError("routing_kwargs only apply to a TAda block (tada set)")
             self.conv_dw = FrameConv2d(dim, dim, 7, padding=3, groups=dim)
         else:
-            routing_kwargs = {"reduction": reduction, "kernels": tuple(kernels)}
-            if tada == "v2":
-                routing_kwargs.update(head_dim=head_dim, zero_init=True)
             self.conv_dw = TAdaConv2d(
                 dim, dim, 7, padding=3, groups=dim, bias=True, cal_dim="cout", routing=tada,
-                routing_kwargs=routing_kwargs, bias_calibration=bias_calibration,
+                routing_kwargs=_block_routing_kwargs(tada, reduction, kernels, head_dim, routing_kwargs),
+                bias_calibration=bias_calibration,
             )
         if aggregation:
             self.norm = None
@@ -193,6 +208,22 @@ class ConvNeXtBlock(nn.Module):
         return x + self.drop_path(y)
 
 
+def _block_routing_kwargs(tada: str, reduction: int, kernels: Sequence[int], head_dim: int,
+                          user: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The routing arguments of a block's depthwise TAdaConv: for ``"v1"`` / ``"v2"`` the block's
+    ``reduction`` and ``kernels`` (V2: ``head_dim`` and ``zero_init=True`` too) with ``user``'s on top;
+    for a calibration generator ``user``'s alone."""
+    if tada in ("v1", "v2"):
+        kw: Dict[str, Any] = {"reduction": reduction, "kernels": tuple(kernels)}
+        if tada == "v2":
+            kw.update(head_dim=head_dim, zero_init=True)
+        if user and ("init" in user or "zero_init" in user):
+            kw.pop("zero_init", None)  # the user's own choice of init replaces the block's default
+        kw.update(user or {})
+        return kw
+    return dict(user or {})
+
+
 class Stage(nn.Module):
     def __init__(self, downsample: Optional[nn.Module], blocks: Sequence[nn.Module]):
         super().__init__()
@@ -212,13 +243,20 @@ class VideoConvNeXt(VideoClassifier):
 
     Args:
         depths, dims: blocks and channels per stage (ConvNeXt-T: (3, 3, 9, 3), (96, 192, 384, 768)).
-        tada: ``None`` (plain per-frame depthwise convs), ``"v1"`` or ``"v2"`` (TAdaConv2d routing).
+        tada: ``None`` (plain per-frame depthwise convs), ``"v1"`` or ``"v2"`` (TAdaConv2d routing), or
+            a calibration generator (``"learnable"``, ``"learnable_t"``, ``"dynamic"``, ``"dynamic_t"``,
+            ``"tam_global"``, ``"tam_local_global"``, :mod:`tada.nn.calibration`).
+        routing_kwargs: routing arguments merged into (and overriding) what each block builds: for
+            ``"v1"`` / ``"v2"`` over ``reduction`` / ``kernels`` / ``head_dim`` (and V2's
+            ``zero_init=True``), e.g. ``{"init": "random"}``; a calibration generator gets these alone
+            (its own arguments: ``init``, ``frames``, ``reduction``, ``kernel``).
         act: MLP activation, ``"gelu"`` (exact at init from ImageNet weights) or ``"quick_gelu"``
             (the released TAdaConvNeXtV2 checkpoints).
         head_dim: V2 routing attention head size (48 for T/S, 64 for B); each stage's
             ``dim // reduction`` must be a multiple of it.
-        reduction: routing reduction ratio (default 2 for V2, 4 for V1).
-        kernels: routing temporal kernel sizes ``(k1, k2)``.
+        reduction: V1 / V2 routing reduction ratio (default 2 for V2, 4 for V1); with a calibration
+            generator it is an error (give ``routing_kwargs={"reduction": ...}``).
+        kernels: V1 / V2 routing temporal kernel sizes ``(k1, k2)`` (not used by a generator).
         bias_calibration: calibrate the depthwise conv's bias per frame (default True for TAda).
         tubelet: T-Down stem (Conv3d (3,4,4) stride (2,4,4)) instead of a per-frame 4x4 stem.
         aggregation: T-Pool after the depthwise conv instead of a LayerNorm.
@@ -235,6 +273,7 @@ class VideoConvNeXt(VideoClassifier):
         depths: Sequence[int] = (3, 3, 9, 3),
         dims: Sequence[int] = (96, 192, 384, 768),
         tada: Optional[str] = None,
+        routing_kwargs: Optional[Mapping[str, Any]] = None,
         act: str = "gelu",
         head_dim: int = 48,
         reduction: Optional[int] = None,
@@ -253,26 +292,43 @@ class VideoConvNeXt(VideoClassifier):
         dims = check_pos_int_seq(dims, "dims")
         if len(depths) != len(dims):
             raise ValueError(f"depths {depths} and dims {dims} must have the same length")
-        if tada not in TADA_VERSIONS:
-            raise ValueError(f"unknown tada {tada!r}; expected one of {TADA_VERSIONS}")
+        if not (tada is None or isinstance(tada, str)) or tada not in TADA_VERSIONS:
+            raise ValueError(f"unknown tada {tada!r}; expected None or a routing name, one of {routing_names()}")
+        if routing_kwargs is not None:
+            if not isinstance(routing_kwargs, Mapping):
+                raise ValueError(f"routing_kwargs must be a dict, got {type(routing_kwargs).__name__}")
+            if tada is None:
+                raise ValueError("routing_kwargs only apply to TAda models (tada set)")
+        routing_kwargs = dict(routing_kwargs or {})
+        generator = tada not in (None, "v1", "v2")  # a calibration generator: reduction stays None
+        if generator and reduction is not None:
+            raise ValueError(
+                f"reduction is the V1 / V2 routing width; for tada={tada!r} give routing_kwargs="
+                f"{{'reduction': {reduction!r}}} (a calibration generator takes only routing_kwargs)"
+            )
         if act not in ACTS:
             raise ValueError(f"unknown act {act!r}; expected one of {ACTS}")
         for name, v in (("tubelet", tubelet), ("aggregation", aggregation), ("bias_calibration", bias_calibration)):
             if not isinstance(v, bool):
                 raise ValueError(f"{name} must be a bool, got {v!r}")
-        if reduction is None:
+        if reduction is None and not generator:
             reduction = 4 if tada == "v1" else 2
-        if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
+        if not generator and (isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1):
             raise ValueError(f"reduction must be a positive int, got {reduction!r}")
         if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
             raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
         if tada == "v2":
-            bad = [d for d in dims if (d // reduction) % head_dim or d // reduction < 1]
-            if bad:
-                raise ValueError(
-                    f"tada='v2' needs every dim // reduction to be a multiple of head_dim={head_dim}; "
-                    f"dims {list(bad)} // {reduction} are not"
-                )
+            # the widths the routing gets: the model's, unless routing_kwargs override them (bad values
+            # there are the routing's to report)
+            r, hd = routing_kwargs.get("reduction", reduction), routing_kwargs.get("head_dim", head_dim)
+            if _is_pos_int(r) and _is_pos_int(hd):
+                bad = [d for d in dims if (d // r) % hd or d // r < 1]
+                if bad:
+                    raise ValueError(
+                        f"tada='v2' needs every dim // reduction to be a multiple of head_dim={hd}; "
+                        f"dims {list(bad)} // {r} are not"
+                    )
+                head_dim = hd  # what the released-checkpoint conversion must use
         if not (0.0 <= float(drop_path_rate) < 1.0):
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
         if not (0.0 <= float(drop_rate) <= 1.0):
@@ -283,6 +339,7 @@ class VideoConvNeXt(VideoClassifier):
         self.in_chans = in_chans
         self.depths, self.dims = depths, dims
         self.tada, self.act, self.head_dim, self.reduction = tada, act, head_dim, reduction
+        self.routing_kwargs = routing_kwargs
         self.tubelet, self.aggregation = tubelet, aggregation
         self.frame_multiple = 2 if tubelet else 1
 
@@ -297,6 +354,7 @@ class VideoConvNeXt(VideoClassifier):
                     dim, tada=tada, aggregation=aggregation, act=act, reduction=reduction, kernels=kernels,
                     head_dim=head_dim, bias_calibration=bias_calibration and tada is not None,
                     layer_scale_init=layer_scale_init, drop_path=rates[k + j],
+                    routing_kwargs=routing_kwargs or None,
                 )
                 for j in range(depth)
             ]
@@ -311,8 +369,8 @@ class VideoConvNeXt(VideoClassifier):
 
         skip = set()
         for m in self.modules():
-            if isinstance(m, (RouteFuncAttn, RouteFuncMLP)):
-                skip.update(id(x) for x in m.modules())  # routing keeps its own (zero) init
+            if isinstance(m, ROUTING_TYPES):
+                skip.update(id(x) for x in m.modules())  # routing keeps its own (zero / "ones") init
         for m in self.modules():
             if id(m) in skip:
                 continue

@@ -21,6 +21,11 @@ be 0.0076M larger, e.g. SlowOnly 35.61M instead of 35.60M, R(2+1)D 31.27M instea
 ``aggregation=t_pool()`` adds it. ``tada_r2plus1d_r50_2d1d`` also calibrates the temporal 3x1x1 convs
 (TAdaConv3d).
 
+The TAda factories take ``routing=`` (any name of :func:`tada.nn.routing_names`: ``"v1"``, the
+default, ``"v2"`` or a calibration generator of :mod:`tada.nn.calibration`, paper Table 3a / A8) and
+``routing_kwargs=`` for every TAdaConv they build, e.g. ``tada.create_model("tada_r3d_r50",
+routing="dynamic_t", routing_kwargs={"init": "ones"})``.
+
 **SlowFast** (:class:`SlowFast`): the fast pathway reads all T frames with ``1/beta`` of the widths,
 the slow one every ``alpha``-th frame; after the stem and after ``layer1..layer3`` a lateral connection
 ``Conv3d(C_f -> 2 C_f, [k, 1, 1], stride [alpha, 1, 1], padding [k // 2, 0, 0]) -> BN -> ReLU`` turns
@@ -53,6 +58,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..nn.calibration import routing_names
 from ._checks import check_pos_int, check_pos_int_seq
 from .base import VideoClassifier
 from .convert import Rule, apply_rules, fit_singleton_time
@@ -446,45 +452,70 @@ class SlowFast(_From2d, VideoResNet):
 
 
 # -- registered models ------------------------------------------------------------------------------------
-_TADA = dict(cal_dim="cin", routing="v1")
+_TADA = dict(cal_dim="cin", routing="v1")  # the TAda variants' default TAdaConv (V1 routing on the conv input)
 
 
-def _tada(kernel=3):
-    return tada_conv2d(kernel, **_TADA)
+def _tada_conv_args(routing: str, routing_kwargs: Optional[Mapping]) -> dict:
+    """The TAdaConv factory arguments of a TAda variant, ``routing`` any name of
+    :func:`tada.nn.routing_names` (checked here, where it enters)."""
+    if not isinstance(routing, str) or routing not in routing_names():
+        raise ValueError(f"unknown routing {routing!r}; expected one of {routing_names()}")
+    if routing_kwargs is not None and not isinstance(routing_kwargs, Mapping):
+        raise ValueError(f"routing_kwargs must be a dict, got {type(routing_kwargs).__name__}")
+    return dict(_TADA, routing=routing, routing_kwargs=dict(routing_kwargs) if routing_kwargs else None)
+
+
+def _no_routing(kwargs: dict) -> None:
+    given = sorted({"routing", "routing_kwargs"} & set(kwargs))
+    if given:
+        raise ValueError(f"{' and '.join(given)}: only the TAda variants (tada_*) take these, not a plain backbone")
+
+
+def _tada(tada: dict, kernel=3):
+    return tada_conv2d(kernel, **tada)
 
 
 def _create(cls, defaults: dict, kwargs: dict):
     return cls(**{**defaults, **kwargs})
 
 
-def _r2plus1d(tada_2d: bool, tada_1d: bool, num_classes: int, kwargs: dict) -> VideoResNet3d:
-    temporal = tada_conv3d((3, 1, 1), **_TADA) if tada_1d else conv3d((3, 1, 1))
-    conv_b = conv2plus1d(_tada() if tada_2d else conv2d(3), temporal)
+def _r2plus1d(tada: Optional[dict], tada_1d: bool, num_classes: int, kwargs: dict) -> VideoResNet3d:
+    """``tada``: the TAdaConv arguments of the 2D (and with ``tada_1d`` the 1D) convs, None: plain."""
+    if tada is None:
+        _no_routing(kwargs)
+    temporal = tada_conv3d((3, 1, 1), **tada) if tada_1d else conv3d((3, 1, 1))
+    conv_b = conv2plus1d(_tada(tada) if tada is not None else conv2d(3), temporal)
     return _create(VideoResNet3d, dict(conv_b=conv_b, num_classes=num_classes), kwargs)
 
 
 @register_model
 def r2plus1d_r50(*, num_classes: int = 400, **kwargs) -> VideoResNet3d:
     """R(2+1)D-R50 (R2D layout; every 1x3x3 conv followed by BN, ReLU, 3x1x1): 28.11M, 49.55 GFLOPs at 8x256²."""
-    return _r2plus1d(False, False, num_classes, kwargs)
+    return _r2plus1d(None, False, num_classes, kwargs)
 
 
 @register_model
-def tada_r2plus1d_r50(*, num_classes: int = 400, **kwargs) -> VideoResNet3d:
-    """R(2+1)D-R50 with TAdaConv on the 2D (1x3x3) convs: 31.26M, 49.57 GFLOPs."""
-    return _r2plus1d(True, False, num_classes, kwargs)
+def tada_r2plus1d_r50(*, num_classes: int = 400, routing: str = "v1", routing_kwargs: Optional[Mapping] = None,
+                      **kwargs) -> VideoResNet3d:
+    """R(2+1)D-R50 with TAdaConv on the 2D (1x3x3) convs: 31.26M, 49.57 GFLOPs. ``routing``: any name of
+    :func:`tada.nn.routing_names` (default V1), ``routing_kwargs`` its arguments."""
+    return _r2plus1d(_tada_conv_args(routing, routing_kwargs), False, num_classes, kwargs)
 
 
 @register_model
-def tada_r2plus1d_r50_2d1d(*, num_classes: int = 400, **kwargs) -> VideoResNet3d:
-    """R(2+1)D-R50 with TAdaConv on the 2D and the 1D (3x1x1, TAdaConv3d) convs: 34.41M, 49.58 GFLOPs."""
-    return _r2plus1d(True, True, num_classes, kwargs)
+def tada_r2plus1d_r50_2d1d(*, num_classes: int = 400, routing: str = "v1", routing_kwargs: Optional[Mapping] = None,
+                           **kwargs) -> VideoResNet3d:
+    """R(2+1)D-R50 with TAdaConv on the 2D and the 1D (3x1x1, TAdaConv3d) convs: 34.41M, 49.58 GFLOPs.
+    ``routing`` / ``routing_kwargs``: of both."""
+    return _r2plus1d(_tada_conv_args(routing, routing_kwargs), True, num_classes, kwargs)
 
 
-def _r3d(tada: bool, num_classes: int, kwargs: dict) -> VideoResNet3d:
+def _r3d(tada: Optional[dict], num_classes: int, kwargs: dict) -> VideoResNet3d:
+    if tada is None:
+        _no_routing(kwargs)
     return _create(VideoResNet3d, dict(
         stem_conv=conv3d((3, 7, 7)), stem_norm=nn.BatchNorm3d, norm=nn.BatchNorm3d,
-        conv_a=conv3d(1), conv_b=tada_conv3d(3, **_TADA) if tada else conv3d(3), conv_c=conv3d(1),
+        conv_a=conv3d(1), conv_b=tada_conv3d(3, **tada) if tada is not None else conv3d(3), conv_c=conv3d(1),
         shortcut=conv3d(1), num_classes=num_classes,
     ), kwargs)
 
@@ -492,73 +523,84 @@ def _r3d(tada: bool, num_classes: int, kwargs: dict) -> VideoResNet3d:
 @register_model
 def r3d_r50(*, num_classes: int = 400, **kwargs) -> VideoResNet3d:
     """R3D-R50: R2D inflated x3 in time (3x7x7 stem, 3x3x3 convs): 46.98M, 84.23 GFLOPs at 8x256²."""
-    return _r3d(False, num_classes, kwargs)
+    return _r3d(None, num_classes, kwargs)
 
 
 @register_model
-def tada_r3d_r50(*, num_classes: int = 400, **kwargs) -> VideoResNet3d:
-    """R3D-R50 with TAdaConv3d (one calibration per output frame for the 3 taps): 50.13M, 84.25 GFLOPs."""
-    return _r3d(True, num_classes, kwargs)
+def tada_r3d_r50(*, num_classes: int = 400, routing: str = "v1", routing_kwargs: Optional[Mapping] = None,
+                 **kwargs) -> VideoResNet3d:
+    """R3D-R50 with TAdaConv3d (one calibration per output frame for the 3 taps): 50.13M, 84.25 GFLOPs.
+    ``routing``: any name of :func:`tada.nn.routing_names` (default V1), ``routing_kwargs`` its arguments."""
+    return _r3d(_tada_conv_args(routing, routing_kwargs), num_classes, kwargs)
 
 
 _SLOW_CONV_A = (conv2d(1), conv2d(1), conv3d((3, 1, 1)), conv3d((3, 1, 1)))
 
 
-def _slowonly(tada: bool, num_classes: int, kwargs: dict) -> VideoResNet3d:
+def _slowonly(tada: Optional[dict], num_classes: int, kwargs: dict) -> VideoResNet3d:
+    if tada is None:
+        _no_routing(kwargs)
     return _create(VideoResNet3d, dict(
-        stem_pool=_stem_pool, strides=(1, 2, 2, 2), conv_a=_SLOW_CONV_A, conv_b=_tada() if tada else conv2d(3),
-        num_classes=num_classes,
+        stem_pool=_stem_pool, strides=(1, 2, 2, 2), conv_a=_SLOW_CONV_A,
+        conv_b=_tada(tada) if tada is not None else conv2d(3), num_classes=num_classes,
     ), kwargs)
 
 
 @register_model
 def slowonly_r50(*, num_classes: int = 400, **kwargs) -> VideoResNet3d:
     """SlowOnly-R50 8x8 (PySlowFast layout): 32.45M, 54.52 GFLOPs at 8x256²."""
-    return _slowonly(False, num_classes, kwargs)
+    return _slowonly(None, num_classes, kwargs)
 
 
 @register_model
-def tada_slowonly_r50(*, num_classes: int = 400, **kwargs) -> VideoResNet3d:
-    """SlowOnly-R50 8x8 with TAdaConv on the 1x3x3 convs: 35.60M, 54.53 GFLOPs."""
-    return _slowonly(True, num_classes, kwargs)
+def tada_slowonly_r50(*, num_classes: int = 400, routing: str = "v1", routing_kwargs: Optional[Mapping] = None,
+                      **kwargs) -> VideoResNet3d:
+    """SlowOnly-R50 8x8 with TAdaConv on the 1x3x3 convs: 35.60M, 54.53 GFLOPs. ``routing``: any name of
+    :func:`tada.nn.routing_names` (default V1), ``routing_kwargs`` its arguments."""
+    return _slowonly(_tada_conv_args(routing, routing_kwargs), num_classes, kwargs)
 
 
-def _slowfast(alpha: int, kernel: int, tada: bool, num_classes: int, kwargs: dict, tada_fast: bool = False):
+def _slowfast(alpha: int, kernel: int, tada: Optional[dict], num_classes: int, kwargs: dict, tada_fast: bool = False):
     kwargs = dict(kwargs)
     tada_fast = kwargs.pop("tada_fast", tada_fast)
-    if tada_fast and not tada:
+    if tada_fast and tada is None:
         raise ValueError("tada_fast=True applies to the TAda SlowFast models (tada_slowfast_r50_*)")
+    if tada is None:
+        _no_routing(kwargs)
     defaults = dict(alpha=alpha, fusion_kernel=kernel, num_classes=num_classes)
-    if tada:
-        defaults.update(slow_conv_b=_tada())
+    if tada is not None:
+        defaults.update(slow_conv_b=_tada(tada))
         if tada_fast:
-            defaults.update(fast_conv_b=_tada())
+            defaults.update(fast_conv_b=_tada(tada))
     return _create(SlowFast, defaults, kwargs)
 
 
 @register_model
 def slowfast_r50_4x16(*, num_classes: int = 400, **kwargs) -> SlowFast:
     """SlowFast-R50 4x16 (alpha 8, beta 1/8, lateral k=5; reads 32 frames): 34.48M, 36.10 GFLOPs at 32x256²."""
-    return _slowfast(8, 5, False, num_classes, kwargs)
+    return _slowfast(8, 5, None, num_classes, kwargs)
 
 
 @register_model
-def tada_slowfast_r50_4x16(*, num_classes: int = 400, **kwargs) -> SlowFast:
+def tada_slowfast_r50_4x16(*, num_classes: int = 400, routing: str = "v1", routing_kwargs: Optional[Mapping] = None,
+                           **kwargs) -> SlowFast:
     """SlowFast-R50 4x16 with TAdaConv on the slow pathway's 1x3x3 convs (``tada_fast=True``: also the fast
-    one's): 37.63M (37.68M), 36.11 GFLOPs."""
-    return _slowfast(8, 5, True, num_classes, kwargs)
+    one's): 37.63M (37.68M), 36.11 GFLOPs. ``routing`` / ``routing_kwargs``: of every TAdaConv."""
+    return _slowfast(8, 5, _tada_conv_args(routing, routing_kwargs), num_classes, kwargs)
 
 
 @register_model
 def slowfast_r50_8x8(*, num_classes: int = 400, **kwargs) -> SlowFast:
     """SlowFast-R50 8x8 (alpha 4, lateral k=7; reads 32 frames): 34.57M, 65.71 GFLOPs at 32x256²."""
-    return _slowfast(4, 7, False, num_classes, kwargs)
+    return _slowfast(4, 7, None, num_classes, kwargs)
 
 
 @register_model
-def tada_slowfast_r50_8x8(*, num_classes: int = 400, **kwargs) -> SlowFast:
-    """SlowFast-R50 8x8 with TAdaConv on the slow pathway's 1x3x3 convs: 37.72M, 65.73 GFLOPs."""
-    return _slowfast(4, 7, True, num_classes, kwargs)
+def tada_slowfast_r50_8x8(*, num_classes: int = 400, routing: str = "v1", routing_kwargs: Optional[Mapping] = None,
+                          **kwargs) -> SlowFast:
+    """SlowFast-R50 8x8 with TAdaConv on the slow pathway's 1x3x3 convs: 37.72M, 65.73 GFLOPs.
+    ``routing`` / ``routing_kwargs``: of every TAdaConv."""
+    return _slowfast(4, 7, _tada_conv_args(routing, routing_kwargs), num_classes, kwargs)
 
 
 VideoResNet3d.grad_checkpoint_types = (Bottleneck,)

@@ -15,7 +15,8 @@
 The 2D network runs on the frames folded into the batch, ``(B*T, C, H, W)``; each converted conv
 unfolds its input to ``(B, C, T, H, W)``, runs the TAdaConv (routing over time included) and folds the
 result back. With the routing's last layer zero-initialised (V1, and V2 with ``zero_init=True``, the
-defaults) the model equals the 2D network run per frame with its logits averaged over frames.
+defaults; the calibration generators of :mod:`tada.nn.calibration` with their default ``init="ones"``)
+the model equals the 2D network run per frame with its logits averaged over frames.
 
 **How the frame count reaches the convs.** ``TAdaified.forward_features`` / ``forward_head`` read
 ``T`` from the input and set it in a :class:`contextvars.ContextVar` for the duration of the call
@@ -60,7 +61,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..nn import TAdaConv2d, TemporalAggregation
+from ..nn import DynamicCalibration, TAdaConv2d, TAMCalibration, TemporalAggregation
+from ..nn.calibration import routing_names
 from ..nn.functional import CAL_DIMS, batch_to_frames, frames_to_batch
 from .base import VideoClassifier
 from .convert import Rule, apply_rules
@@ -386,11 +388,32 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
 
 
+def _default_reduction(cls: type) -> int:
+    return inspect.signature(cls).parameters["reduction"].default
+
+
+#: the routings with a hidden layer of ``in_channels // reduction`` channels, and their default reduction
+_REDUCTION_DEFAULTS = {
+    "v1": 4,
+    "v2": 2,
+    "dynamic": _default_reduction(DynamicCalibration),
+    "dynamic_t": _default_reduction(DynamicCalibration),
+    "tam_local_global": _default_reduction(TAMCalibration),
+}
+
+
 def _routing_kwargs(routing: str, base: dict, conv: nn.Conv2d) -> dict:
+    """One conv's routing arguments: the reduction (default or given) capped at its input channels, so
+    an RGB stem keeps a hidden width >= 1, for the routings that have one; V2's ``head_dim`` when not
+    given. The other generators (``learnable*``, ``tam_global``) get ``base`` as it is."""
     kw = dict(base)
+    if routing not in _REDUCTION_DEFAULTS:
+        return kw
     c = conv.in_channels
-    r = kw.get("reduction", 4 if routing == "v1" else 2)
-    kw["reduction"] = max(1, min(r, c)) if isinstance(r, int) and not isinstance(r, bool) else r
+    given = kw.get("reduction", _REDUCTION_DEFAULTS[routing])
+    r = max(1, min(given, c)) if isinstance(given, int) and not isinstance(given, bool) else given
+    if routing in ("v1", "v2") or r != given:
+        kw["reduction"] = r  # a generator gets one only where its own would leave no hidden channel
     if routing == "v2" and "head_dim" not in kw and isinstance(kw["reduction"], int) and kw["reduction"] >= 1:
         kw["head_dim"] = _largest_divisor_at_most(c // kw["reduction"], 64)
     return kw
@@ -425,14 +448,20 @@ def tadaify(
 
     Args:
         model: a timm or torchvision CNN (see the module docstring for the supported sources).
-        routing: ``"v1"`` (:class:`~tada.nn.RouteFuncMLP`, TAdaConv) or ``"v2"``
-            (:class:`~tada.nn.RouteFuncAttn`, TAdaConvV2).
+        routing: ``"v1"`` (:class:`~tada.nn.RouteFuncMLP`, TAdaConv), ``"v2"``
+            (:class:`~tada.nn.RouteFuncAttn`, TAdaConvV2) or a calibration generator of
+            :mod:`tada.nn.calibration` (``"learnable"``, ``"learnable_t"``, ``"dynamic"``,
+            ``"dynamic_t"``, ``"tam_global"``, ``"tam_local_global"``): any name of
+            :func:`tada.nn.routing_names`. The ``tam_*`` generators calibrate per input channel, so they
+            need ``cal_dim="cin"`` or depthwise convs with as many outputs as inputs (and no
+            ``bias_calibration`` on a conv whose output width differs).
         routing_kwargs: arguments for the routing class (``reduction``, ``kernels``, ``head_dim``,
-            ``global_context``, ``zero_init``...), or a function ``(name, conv) -> dict`` giving them per
-            layer. ``reduction`` (default 4 for V1, 2 for V2) is capped at the conv's input channels
-            (an RGB stem gets a hidden width >= 1); for V2 without ``head_dim`` the head size is the
-            largest divisor of the hidden width that is at most 64. ``zero_init=False`` loses the
-            exactness at init.
+            ``global_context``, ``zero_init``...; ``init="ones"|"random"`` for every routing), or a
+            function ``(name, conv) -> dict`` giving them per layer. ``reduction`` (default 4 for V1, 2
+            for V2, the generator's own for ``dynamic*`` / ``tam_local_global``) is capped at the conv's
+            input channels (an RGB stem gets a hidden width >= 1); for V2 without ``head_dim`` the head
+            size is the largest divisor of the hidden width that is at most 64. ``zero_init=False`` (or
+            ``init="random"``) loses the exactness at init.
         cal_dim: ``"auto"`` (``"cout"`` for depthwise convs, ``"cin"`` otherwise), one of
             ``"cin" | "cout" | "cin_cout" | "k2"`` for every layer, or ``(name, conv) -> cal_dim``.
         bias_calibration: calibrate the bias per frame too (TAdaConvV2), for the convs that have one.
@@ -453,8 +482,11 @@ def tadaify(
         raise TypeError(f"tadaify takes an nn.Module (a 2D CNN), got {type(model).__name__}")
     if isinstance(model, TAdaified) or any(isinstance(m, TAdaConv2d) for m in model.modules()):
         raise ValueError("this model already has TAdaConvs; tadaify takes a plain 2D CNN")
-    if routing not in ("v1", "v2"):
-        raise ValueError(f"unknown routing {routing!r}; expected 'v1' (RouteFuncMLP) or 'v2' (RouteFuncAttn)")
+    if not isinstance(routing, str) or routing not in routing_names():
+        raise ValueError(
+            f"unknown routing {routing!r}; expected one of {routing_names()} ('v1': RouteFuncMLP, 'v2': "
+            "RouteFuncAttn, the others: tada.nn.calibration)"
+        )
     if routing_kwargs is not None and not (isinstance(routing_kwargs, dict) or callable(routing_kwargs)):
         raise TypeError(f"routing_kwargs must be a dict or a function (name, conv) -> dict, got {type(routing_kwargs).__name__}")
     if not callable(cal_dim) and cal_dim != "auto" and cal_dim not in CAL_DIMS:

@@ -28,13 +28,19 @@ it is CLIP's image embedding of that frame. The classifier ``head`` does not use
 Every TAda branch ends in a zero-initialised Linear, so at init a TAdaFormer built from CLIP weights
 gives, for frame ``2t``, exactly CLIP's CLS token (the centre-initialised tubelet sees frames
 0, 2, 4, ...), and the TSN baseline gives CLIP's CLS token for every frame.
+
+**Routing.** The branch's TAdaConv routes with ``"v2"`` (RouteFuncAttn, r=2, ``tada_head_dim``, not
+zero-initialised: the released recipe and checkpoints). ``tada_routing`` selects any name of
+:func:`tada.nn.routing_names` instead (``"v1"`` or a calibration generator of
+:mod:`tada.nn.calibration`, paper Table 3a / A8) and ``tada_routing_kwargs`` passes it arguments, e.g.
+``tada.create_model("tadaformer_b16", tada_routing="dynamic_t", tada_routing_kwargs={"init": "random"})``.
 """
 from __future__ import annotations
 
 import math
 import re
 from functools import partial
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -43,6 +49,7 @@ from torch import Tensor
 
 from ..nn.layers import DropPath
 from ..nn import QuickGELU, TAdaConv2d, TemporalAggregation
+from ..nn.calibration import routing_names
 from .base import VideoClassifier, mark_new_by_design
 from .convert import Rule, apply_rules, conv_to_linear, convert_released_route_attn, squeeze_tada_bias, squeeze_tada_weight
 from .pretrained import centre_inflate
@@ -117,14 +124,20 @@ class TAdaBlock(nn.Module):
     -> QuickGELU -> ``proj`` Linear D/2->D, zero-initialised (weight and bias) so the branch adds
     exactly 0 at init.
 
+    ``routing`` may be any name of :func:`tada.nn.routing_names`: ``"v1"`` / ``"v2"`` get
+    ``reduction`` (and V2 ``head_dim``) and ``zero_init=False`` with ``routing_kwargs`` on top; a
+    calibration generator gets ``routing_kwargs`` alone.
+
     ``forward(x, batch, grid)``: ``x`` ``(B*T, N, D)`` patch tokens (no CLS), ``grid = (T, gh, gw)``
     with ``N = gh * gw``; returns ``(B*T, N, D)``.
     """
 
-    def __init__(self, dim: int, *, temp_enhance: bool = False, head_dim: int = 64, reduction: int = 2):
+    def __init__(self, dim: int, *, temp_enhance: bool = False, head_dim: int = 64, reduction: int = 2,
+                 routing: str = "v2", routing_kwargs: Optional[Mapping[str, Any]] = None):
         super().__init__()
         if dim % 2:
             raise ValueError(f"TAdaBlock needs an even width, got {dim}")
+        _check_routing(routing, routing_kwargs, "routing")
         c = dim // 2
         self.dim, self.channels, self.temp_enhance = dim, c, bool(temp_enhance)
         if temp_enhance:
@@ -133,7 +146,7 @@ class TAdaBlock(nn.Module):
             self.pre_proj = nn.Linear(dim, c)
         self.conv = TAdaConv2d(
             c, c, 3, padding=1, groups=c, bias=True, cal_dim="cout", bias_calibration=True,
-            routing="v2", routing_kwargs=dict(reduction=reduction, head_dim=head_dim, zero_init=False),
+            routing=routing, routing_kwargs=_branch_routing_kwargs(routing, reduction, head_dim, routing_kwargs),
         )
         self.tpool = TemporalAggregation(c, norm="bn")
         self.act = QuickGELU()
@@ -154,15 +167,40 @@ class TAdaBlock(nn.Module):
         return self.proj(y)
 
 
+def _check_routing(routing, routing_kwargs, name: str) -> None:
+    if not isinstance(routing, str) or routing not in routing_names():
+        raise ValueError(f"unknown {name} {routing!r}; expected one of {routing_names()}")
+    if routing_kwargs is not None and not isinstance(routing_kwargs, Mapping):
+        raise ValueError(f"{name}_kwargs must be a dict, got {type(routing_kwargs).__name__}")
+
+
+def _branch_routing_kwargs(routing: str, reduction: int, head_dim: int,
+                           user: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """The TAda branch's routing arguments: V1 / V2 get the branch's widths and ``zero_init=False``
+    (V2: the released TAdaFormer's), with ``user``'s on top; a calibration generator gets ``user``'s."""
+    user = dict(user or {})
+    if routing not in ("v1", "v2"):
+        return user
+    kw: Dict[str, Any] = {"reduction": reduction}
+    if routing == "v2":
+        kw["head_dim"] = head_dim
+    if "init" not in user:  # init="ones"|"random" replaces zero_init
+        kw["zero_init"] = False
+    kw.update(user)
+    return kw
+
+
 class VideoViTBlock(nn.Module):
     """Pre-norm CLIP residual block with optional TAda branches (see the module docstring)."""
 
     def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, mlp_act: str = "quick_gelu",
                  tada: bool = True, temp_enhance: bool = False, double_tada: bool = False,
-                 tada_head_dim: int = 64, drop_path: float = 0.0, ln_eps: float = 1e-5):
+                 tada_head_dim: int = 64, drop_path: float = 0.0, ln_eps: float = 1e-5,
+                 tada_routing: str = "v2", tada_routing_kwargs: Optional[Mapping[str, Any]] = None):
         super().__init__()
         def branch():
-            return mark_new_by_design(TAdaBlock(dim, temp_enhance=temp_enhance, head_dim=tada_head_dim))
+            return mark_new_by_design(TAdaBlock(dim, temp_enhance=temp_enhance, head_dim=tada_head_dim,
+                                                routing=tada_routing, routing_kwargs=tada_routing_kwargs))
 
         self.tada = branch() if tada else None
         self.ln_1 = nn.LayerNorm(dim, eps=ln_eps)
@@ -199,6 +237,10 @@ def resample_pos_embed(pos: Tensor, grid: Tuple[int, int]) -> Tensor:
     patch = pos[1:].reshape(1, g, g, d).permute(0, 3, 1, 2)
     patch = F.interpolate(patch, size=(gh, gw), mode="bicubic", align_corners=False)
     return torch.cat([pos[:1], patch.permute(0, 2, 3, 1).reshape(gh * gw, d)], dim=0)
+
+
+def _is_pos_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
 def _pos_int(v, name: str) -> int:
@@ -289,7 +331,13 @@ class VideoViT(VideoClassifier):
             ``tada``. ``False`` embeds every frame with CLIP's 2D patch embedding (T kept).
         temp_enhance: the TAda branch's input projection is a temporal conv (3,1,1) (SSV2 recipe).
         double_tada: a second TAda branch between attention and MLP (SSV2 recipe).
-        tada_head_dim: head size of the routing's self-attention (64 in the paper).
+        tada_head_dim: head size of the routing's self-attention (64 in the paper; ``"v2"`` only).
+        tada_routing: the routing of the TAda branch's TAdaConv: ``"v2"`` (RouteFuncAttn, not
+            zero-initialised, the paper's and the released checkpoints'), ``"v1"`` or a calibration
+            generator of :mod:`tada.nn.calibration` (any name of :func:`tada.nn.routing_names`).
+        tada_routing_kwargs: routing arguments, over the branch's own for ``"v1"`` / ``"v2"``
+            (``reduction=2``, ``head_dim=tada_head_dim``, ``zero_init=False``; ``init`` replaces
+            ``zero_init``); a calibration generator gets these alone (``init``, ``frames``, ...).
         mlp_act: ``"quick_gelu"`` (OpenAI CLIP, the paper) or ``"gelu"`` (open_clip models trained with
             exact GELU, e.g. LAION ``ViT-B-16``).
         drop_path_rate: stochastic depth, linearly increasing over blocks, one decision per video.
@@ -313,6 +361,8 @@ class VideoViT(VideoClassifier):
         temp_enhance: bool = False,
         double_tada: bool = False,
         tada_head_dim: int = 64,
+        tada_routing: str = "v2",
+        tada_routing_kwargs: Optional[Mapping[str, Any]] = None,
         mlp_ratio: float = 4.0,
         mlp_act: str = "quick_gelu",
         drop_path_rate: float = 0.0,
@@ -336,11 +386,24 @@ class VideoViT(VideoClassifier):
             raise ValueError(f"img_size={img_size} must be a multiple of patch_size={patch_size}")
         if not tada and (temp_enhance or double_tada):
             raise ValueError("temp_enhance and double_tada modify the TAda branch: they need tada=True")
-        if tada and (width % 4 or (width // 4) % tada_head_dim):
-            raise ValueError(
-                f"the TAda branch works on width/2 = {width / 2:g} channels and its routing on width/4 = "
-                f"{width / 4:g}, which must be a multiple of tada_head_dim={tada_head_dim}"
-            )
+        _check_routing(tada_routing, tada_routing_kwargs, "tada_routing")
+        tada_routing_kwargs = dict(tada_routing_kwargs or {})
+        if not tada and (tada_routing != "v2" or tada_routing_kwargs):
+            raise ValueError("tada_routing and tada_routing_kwargs configure the TAda branch: they need tada=True")
+        if tada and tada_routing == "v2":
+            # the widths the routing gets (routing kwargs override the branch's; bad values there are
+            # the routing's to report)
+            r = tada_routing_kwargs.get("reduction", 2)
+            hd = tada_routing_kwargs.get("head_dim", tada_head_dim)
+            if _is_pos_int(r) and _is_pos_int(hd):
+                if width % (2 * r) or (width // (2 * r)) % hd:
+                    raise ValueError(
+                        f"the TAda branch works on width/2 = {width / 2:g} channels and its routing on "
+                        f"width/{2 * r} = {width / (2 * r):g}, which must be a multiple of tada_head_dim={hd}"
+                    )
+                tada_head_dim = hd  # what the released-checkpoint conversion must use
+        elif tada and width % 2:
+            raise ValueError(f"the TAda branch works on width/2 channels: width must be even, got {width}")
         if mlp_act not in MLP_ACTS:
             raise ValueError(f"unknown mlp_act {mlp_act!r}; expected one of {MLP_ACTS}")
         if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
@@ -354,6 +417,7 @@ class VideoViT(VideoClassifier):
         self.width, self.layers, self.heads, self.patch_size, self.img_size = width, layers, heads, patch_size, img_size
         self.tada, self.tubelet, self.temp_enhance, self.double_tada = tada, tubelet, temp_enhance, double_tada
         self.tada_head_dim, self.grid_size = tada_head_dim, img_size // patch_size
+        self.tada_routing, self.tada_routing_kwargs = tada_routing, tada_routing_kwargs
         self.embed_dim = embed_dim
         self.frame_multiple = 2 if tubelet else 1
 
@@ -370,6 +434,7 @@ class VideoViT(VideoClassifier):
             VideoViTBlock(
                 width, heads, mlp_ratio=mlp_ratio, mlp_act=mlp_act, tada=tada, temp_enhance=temp_enhance,
                 double_tada=double_tada, tada_head_dim=tada_head_dim, drop_path=dpr[i],
+                tada_routing=tada_routing, tada_routing_kwargs=tada_routing_kwargs or None,
             )
             for i in range(layers)
         )
@@ -472,6 +537,11 @@ class VideoViT(VideoClassifier):
         if "patch_embed.weight" in sd or any(k.startswith("blocks.") for k in sd):
             return apply_rules(sd, OWN_RULES, transforms=fits, targets=own)
         if any(k.startswith("backbone.") for k in sd):
+            if self.tada and self.tada_routing != "v2":
+                raise ValueError(
+                    "this is a released TAdaFormer checkpoint (backbone.layers.N.tada...), whose branches route "
+                    f"with 'v2'; this model has tada_routing={self.tada_routing!r}: build it with tada_routing='v2'"
+                )
             return apply_rules(sd, RELEASED_RULES, transforms=fits, targets=own, unmatched="error", what=(
                 "released checkpoint with keys that are not a TAdaFormer's (expected backbone.{conv1, "
                 "class_embedding, positional_embedding, ln_pre, ln_post}, backbone.layers.N.*, head.out.*)"))
@@ -530,6 +600,7 @@ class VideoViT(VideoClassifier):
             f"width={self.width}, layers={self.layers}, heads={self.heads}, patch_size={self.patch_size}, "
             f"img_size={self.img_size}, tada={self.tada}, tubelet={self.tubelet}, "
             f"temp_enhance={self.temp_enhance}, double_tada={self.double_tada}"
+            + (f", tada_routing={self.tada_routing!r}" if self.tada and self.tada_routing != "v2" else "")
             + (f", embed_dim={self.embed_dim}" if self.embed_dim is not None else "")
         )
 
