@@ -7,7 +7,9 @@ A TAdaConv is a 2D convolution applied frame by frame whose kernel is recalibrat
   ``(B*T)`` batch. Exact for ``cin`` (``conv(x, a*W) == conv(a*x, W)``), ``cout``
   (``conv(x, a*W) == a*conv(x, W)``), ``cin_cout`` (both) and bias calibration. Costs one
   elementwise multiply on top of the convolution, keeps no per-frame kernels for backward, and has
-  no batch size baked into the graph.
+  no batch size baked into the graph. For ``cin`` with gradients it runs as :class:`_ScaledInputConv`,
+  which keeps only ``x``, ``alpha`` and the weight for backward (what the layer before keeps alive
+  anyway) and recomputes the scaled input there, instead of keeping a second input-sized tensor.
 * ``grouped``: materialise one kernel per (b, t) and run a single grouped convolution with
   ``groups = groups*B*T``: the method of the paper's release, kept as the reference and for
   ``k2`` (kernel-tap calibration), which has no feature-scaling form.
@@ -24,6 +26,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["tada_conv2d", "CAL_DIMS", "IMPLS", "frames_to_batch", "batch_to_frames"]
 
@@ -175,13 +178,69 @@ def tada_conv2d(
     return _grouped(x, weight, bias, a_in, a_out, a_k2, beta, stride, padding, dilation, groups)
 
 
+class _ScaledInputConv(torch.autograd.Function):
+    """``conv2d(x * a, W, bias)`` on the frame batch (``x`` ``(N, C, H, W)``, ``a`` ``(N, C)``).
+
+    Saves ``x``, ``a`` and ``W`` (not the scaled input) and recomputes ``x * a`` in backward:
+    ``grad x = a * grad(xa)``, ``grad a = sum_hw x * grad(xa)`` (one batched dot product).
+    """
+
+    @staticmethod
+    def forward(ctx, x, a, weight, bias, conv):
+        y = F.conv2d(x * a[:, :, None, None], weight, bias, *conv)
+        ctx.save_for_backward(x, a, weight)
+        ctx.conv, ctx.has_bias = conv, bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        x, a, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        need_x, need_a, need_w, need_b = ctx.needs_input_grad[:4]
+        dtype = gy.dtype  # under autocast the convolution ran in gy's dtype
+        xa = (x * a[:, :, None, None]).to(dtype)
+        gxa, gw, gb = torch.ops.aten.convolution_backward(
+            gy.contiguous(), xa, weight.to(dtype), [weight.shape[0]] if ctx.has_bias else None, stride, padding,
+            dilation, False, [0, 0], groups, [need_x or need_a, need_w, need_b and ctx.has_bias],
+        )
+        del xa
+        gx = ga = None
+        if need_a:
+            n, c = a.shape
+            k = x.shape[2] * x.shape[3]
+            ga = torch.bmm(gxa.reshape(n * c, 1, k), x.to(gxa.dtype).reshape(n * c, k, 1)).view(n, c).to(a.dtype)
+        if need_x:
+            gx = (gxa * a[:, :, None, None].to(gxa.dtype)).to(x.dtype)
+        gw = gw.to(weight.dtype) if need_w else None
+        return gx, ga, gw, gb if need_b and ctx.has_bias else None, None
+
+
+def _scaled_input_conv(xf, a, weight, bias, stride, padding, dilation, groups):
+    """``conv2d(xf * a, ...)``: through :class:`_ScaledInputConv` when a gradient is needed (and the
+    padding is numeric), as plain ops otherwise (inference, export)."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (xf, a, weight, bias))
+    if needs_grad and not isinstance(padding, str) and not torch.jit.is_tracing():
+        conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
+        return _ScaledInputConv.apply(xf, a, weight, bias, conv)
+    return F.conv2d(xf * a[:, :, None, None], weight, bias, stride, padding, dilation, groups)
+
+
+def _pair2(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
 def _fast(x, weight, bias, a_in, a_out, beta, stride, padding, dilation, groups):
     b, _, t = x.shape[:3]
     xf = frames_to_batch(x)
-    if a_in is not None:
-        xf = xf * _per_frame(a_in)[:, :, None, None]
     post = a_out is not None or beta is not None
-    y = F.conv2d(xf, weight, None if post else bias, stride, padding, dilation, groups)
+    if a_in is not None:
+        pad = padding if isinstance(padding, str) else _pair2(padding)
+        y = _scaled_input_conv(xf, _per_frame(a_in), weight, None if post else bias, _pair2(stride), pad,
+                               _pair2(dilation), groups)
+    else:
+        y = F.conv2d(xf, weight, None if post else bias, stride, padding, dilation, groups)
     if post:
         shift = None
         if bias is not None:
