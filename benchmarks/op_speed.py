@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from _common import machine_info, peak_memory_growth, sync
-from tada.nn.functional import tada_conv2d
+from tada.nn.functional import auto_impl, tada_conv2d
 from tada.nn.functional3d import tada_conv3d
 from tada.utils import tune_cpu_allocator
 
@@ -100,7 +100,7 @@ def conv3d_shapes():
     return shapes
 
 
-IMPLS = ("plain", "fast", "fast_nc", "grouped")
+IMPLS = ("plain", "fast", "fast_nc", "grouped", "auto")
 IMPLS_3D = ("plain", "fast", "grouped")
 
 
@@ -139,7 +139,7 @@ class Case:
         x = self.x_nc if impl == "fast_nc" else self.x_fm
         return tada_conv2d(
             x, self.weight, self.alpha, self.bias, cal_dim=self.cal_dim, bias_alpha=self.beta,
-            impl="grouped" if impl == "grouped" else "fast", **self.conv_kw,
+            impl="fast" if impl == "fast_nc" else impl, **self.conv_kw,
         )
 
     def forward(self, impl):
@@ -301,7 +301,8 @@ def time_block(s: Shape, device, dtype, repeats, warmup):
 def _fmt_table(rows, mem, tuned):
     head = (
         "| model | layer | C | in | fwd plain ms | fwd fast/plain | fwd grouped/fast | fwd+bwd plain ms "
-        "| fwd+bwd fast/plain | fwd+bwd fast_nc/plain | fwd+bwd grouped/fast |"
+        "| fwd+bwd fast/plain | fwd+bwd fast_nc/plain | fwd+bwd grouped/fast | auto picks | auto/plain fwd "
+        "| auto/plain fwd+bwd |"
     )
     if tuned:
         head += " tuned alloc: fwd+bwd plain ms | fast/plain fwd | fast/plain fwd+bwd |"
@@ -313,7 +314,8 @@ def _fmt_table(rows, mem, tuned):
         line = (
             f"| {r['model']} | {r['layer']} | {r['channels']} | {r['size']}² | {f['plain']:.2f} "
             f"| {f['fast'] / f['plain']:.2f} | {f['grouped'] / f['fast']:.2f} | {fb['plain']:.2f} "
-            f"| {fb['fast'] / fb['plain']:.2f} | {fb['fast_nc'] / fb['plain']:.2f} | {fb['grouped'] / fb['fast']:.2f} |"
+            f"| {fb['fast'] / fb['plain']:.2f} | {fb['fast_nc'] / fb['plain']:.2f} | {fb['grouped'] / fb['fast']:.2f} "
+            f"| {r['auto_picks']} | {f['auto'] / f['plain']:.2f} | {fb['auto'] / fb['plain']:.2f} |"
         )
         if tuned:
             tf, tfb = tuned[i]["fwd"], tuned[i]["fwd_bwd"]
@@ -412,6 +414,10 @@ def _time_all(shapes, device, dtype, args, label):
     for s in shapes:
         t0 = time.perf_counter()
         r = time_shape(s, device, dtype, args.repeats, args.warmup)
+        if not isinstance(s, Shape3d):
+            r["auto_picks"] = auto_impl("cout" if s.depthwise else "cin", (s.batch, s.channels, s.frames, s.size, s.size),
+                                        (s.channels, 1 if s.depthwise else s.channels, s.kernel, s.kernel),
+                                        s.channels if s.depthwise else 1, device.type)
         rows.append({**asdict(s), **r})
         fb = r["fwd_bwd"]
         print(
@@ -436,6 +442,9 @@ def _summary(rows):
         "dense_within_1.10_fwd": within("fwd"),
         "dense_within_1.10_fwd_bwd": within("fwd_bwd"),
         "grouped_over_fast_fwd_bwd_median_all": statistics.median(r["fwd_bwd"]["grouped"] / r["fwd_bwd"]["fast"] for r in rows),
+        "auto_over_plain_max_fwd_bwd": max(r["fwd_bwd"]["auto"] / r["fwd_bwd"]["plain"] for r in rows),
+        "auto_within_1.10_fwd_bwd": sum(r["fwd_bwd"]["auto"] / r["fwd_bwd"]["plain"] <= 1.10 for r in rows),
+        "shapes": len(rows),
     }
 
 
@@ -446,7 +455,8 @@ def _print_summary(label, sm):
             f"{label}: dense fast/plain max {sm['dense_fast_over_plain_max_fwd']:.2f} (fwd), "
             f"{sm['dense_fast_over_plain_max_fwd_bwd']:.2f} (fwd+bwd); within 1.10 on "
             f"{sm['dense_within_1.10_fwd']}/{n} (fwd), {sm['dense_within_1.10_fwd_bwd']}/{n} (fwd+bwd); "
-            f"grouped/fast median {sm['grouped_over_fast_fwd_bwd_median_all']:.2f} (fwd+bwd)"
+            f"grouped/fast median {sm['grouped_over_fast_fwd_bwd_median_all']:.2f} (fwd+bwd); auto/plain max "
+            f"{sm['auto_over_plain_max_fwd_bwd']:.2f}, within 1.10 on {sm['auto_within_1.10_fwd_bwd']}/{sm['shapes']} (fwd+bwd)"
         )
 
 

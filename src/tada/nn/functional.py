@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["tada_conv2d", "CAL_DIMS", "IMPLS", "frames_to_batch", "batch_to_frames"]
+__all__ = ["tada_conv2d", "auto_impl", "AUTO_GROUPED_RATIO", "CAL_DIMS", "IMPLS", "frames_to_batch", "batch_to_frames"]
 
 CAL_DIMS = ("cin", "cout", "cin_cout", "k2")
 IMPLS = ("auto", "fast", "grouped")
@@ -172,7 +172,7 @@ def tada_conv2d(
     """
     a_in, a_out, a_k2, beta = _check(x, weight, alpha, bias, groups, cal_dim, bias_alpha, impl)
     if impl == "auto":
-        impl = "grouped" if cal_dim == "k2" else "fast"
+        impl = auto_impl(cal_dim, x.shape, weight.shape, groups, x.device.type)
     if impl == "fast":
         return _fast(x, weight, bias, a_in, a_out, beta, stride, padding, dilation, groups)
     return _grouped(x, weight, bias, a_in, a_out, a_k2, beta, stride, padding, dilation, groups)
@@ -229,6 +229,39 @@ def _scaled_input_conv(xf, a, weight, bias, stride, padding, dilation, groups):
 
 def _pair2(v):
     return (v, v) if isinstance(v, int) else tuple(v)
+
+
+#: ``auto`` takes the grouped form when the input frame has at least this many pixels per per-frame
+#: kernel weight of one output channel group (``H*W >= ratio * (C_out/groups) * kh * kw``): then
+#: materialising the B*T kernels costs less than the fast path's extra pass over the input. Measured
+#: on a 2-core Xeon (``benchmarks/op_speed.py``, "auto" rows): for depthwise layers the grouped form
+#: wins from 56² down to 14² at k=7; for dense ones only on TAda2D-R50's first res2 layer (112²).
+AUTO_GROUPED_RATIO = {"dense": 16.0, "depthwise": 4.0}
+
+
+def auto_impl(cal_dim: str, x_shape, weight_shape, groups: int, device_type: str = "cpu") -> str:
+    """The implementation ``impl="auto"`` runs for this shape: deterministic, from the shapes only.
+
+    ``k2`` has only the grouped form. Otherwise, on the CPU, ``grouped`` where the kernels are small
+    against the feature map (:data:`AUTO_GROUPED_RATIO`), else ``fast``; ``fast`` on other devices
+    (not measured there yet) and while tracing, compiling or exporting (the grouped form bakes ``B*T``
+    into the graph as its group count; compiled, the fast path's scaling fuses into the neighbouring
+    pass). Pass ``impl="fast"`` or ``"grouped"`` to override.
+    """
+    if cal_dim == "k2":
+        return "grouped"
+    if device_type != "cpu" or torch.jit.is_tracing() or torch.jit.is_scripting() or _exporting():
+        return "fast"
+    c_out, c_in_g, kh, kw = weight_shape
+    h, w = x_shape[-2], x_shape[-1]
+    kind = "depthwise" if c_in_g == 1 and groups > 1 else "dense"
+    return "grouped" if h * w >= AUTO_GROUPED_RATIO[kind] * (c_out // groups) * kh * kw else "fast"
+
+
+def _exporting() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and (getattr(compiler, "is_exporting", lambda: False)()
+                                           or getattr(compiler, "is_compiling", lambda: False)()))
 
 
 def _fast(x, weight, bias, a_in, a_out, beta, stride, padding, dilation, groups):

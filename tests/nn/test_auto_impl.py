@@ -1,0 +1,78 @@
+"""``impl="auto"``: a deterministic per-shape choice between the exact fast and grouped forms; both
+choices agree with each other (outputs and every gradient) on every shape of the op benchmark."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tada.nn import tada_conv2d
+from tada.nn.functional import auto_impl
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+_spec = importlib.util.spec_from_file_location("op_speed", ROOT / "benchmarks" / "op_speed.py")
+op_speed = sys.modules.setdefault("op_speed", importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(op_speed)
+SHAPES = op_speed.model_shapes()
+
+
+def _case(s, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    kw = dict(dtype=torch.float64)
+    b, t, c = 1, 2, s.channels
+    groups = c if s.depthwise else 1
+    x = torch.randn(b, c, t, s.size, s.size, generator=g, **kw).requires_grad_()
+    w = (0.05 * torch.randn(c, c // groups, s.kernel, s.kernel, generator=g, **kw)).requires_grad_()
+    a = (1 + 0.1 * torch.randn(b, c, t, generator=g, **kw)).requires_grad_()
+    bias = torch.randn(c, generator=g, **kw).requires_grad_() if s.depthwise else None
+    beta = (1 + 0.1 * torch.randn(b, c, t, generator=g, **kw)).requires_grad_() if s.depthwise else None
+    conv = dict(stride=s.stride, padding=s.kernel // 2, groups=groups, cal_dim="cout" if s.depthwise else "cin")
+    return x, w, a, bias, beta, conv
+
+
+@pytest.mark.parametrize("s", SHAPES, ids=[f"{s.model}-{s.layer}" for s in SHAPES])
+def test_both_choices_are_exact_on_every_benchmark_shape(s):
+    x, w, a, bias, beta, conv = _case(s)
+    leaves = [p for p in (x, w, a, bias, beta) if p is not None]
+    outs = {}
+    for impl in ("auto", "fast", "grouped"):
+        y = tada_conv2d(x, w, a, bias, bias_alpha=beta, impl=impl, **conv)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+        outs[impl] = (y.detach(), torch.autograd.grad(y, leaves, gy))
+    chosen = auto_impl(conv["cal_dim"], x.shape, w.shape, conv["groups"])
+    for impl in ("fast", "grouped"):
+        y, grads = outs[impl]
+        ref_y, ref_g = outs["grouped" if impl == "fast" else "fast"]
+        assert torch.allclose(y, ref_y, rtol=1e-10, atol=1e-10)
+        for p, q in zip(grads, ref_g):
+            assert ((p - q).norm() / q.norm()).item() < 1e-10
+    y, grads = outs["auto"]
+    assert torch.equal(y, outs[chosen][0])  # auto runs exactly the chosen implementation
+    assert all(torch.equal(p, q) for p, q in zip(grads, outs[chosen][1]))
+
+
+def test_the_choice_is_deterministic_and_follows_the_shapes():
+    picks = {(s.layer, s.size): auto_impl("cout" if s.depthwise else "cin", (2, s.channels, 8, s.size, s.size),
+                                          (s.channels, 1 if s.depthwise else s.channels, s.kernel, s.kernel),
+                                          s.channels if s.depthwise else 1) for s in SHAPES}
+    assert picks[("64ch s2 in", 112)] == "grouped"  # a 3x3 kernel against a 112² map
+    assert picks[("512ch s1", 7)] == "fast"  # deep layers: per-frame kernels are large
+    assert picks[("96ch dw7", 56)] == "grouped" and picks[("768ch dw7", 7)] == "fast"
+    again = {k: auto_impl("cin", (2, 64, 8, 112, 112), (64, 64, 3, 3), 1) for k in range(3)}
+    assert set(again.values()) == {"grouped"}
+    assert auto_impl("k2", (1, 8, 2, 4, 4), (8, 8, 3, 3), 1) == "grouped"
+    assert auto_impl("cin", (2, 64, 8, 112, 112), (64, 64, 3, 3), 1, "cuda") == "fast"
+
+
+def test_tracing_uses_the_fast_path():
+    x = torch.randn(1, 8, 2, 64, 64)
+    w = torch.randn(8, 8, 3, 3)
+    a = torch.rand(1, 8, 2) + 0.5
+    assert auto_impl("cin", x.shape, w.shape, 1) == "grouped"
+    traced = torch.jit.trace(lambda x, a: tada_conv2d(x, w, a, padding=1), (x, a))
+    nodes = {n.kind() for n in traced.graph.nodes()}
+    x2, a2 = torch.randn(2, 8, 3, 64, 64), torch.rand(2, 8, 3) + 0.5  # another B*T: no group count baked in
+    assert torch.allclose(traced(x2, a2), tada_conv2d(x2, w, a2, padding=1, impl="fast"), atol=1e-5)
+    assert "aten::_convolution" in nodes or "aten::conv2d" in nodes
