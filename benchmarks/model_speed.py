@@ -5,10 +5,16 @@ Pairs (SPEC §2/§3), batch 1 by default, in one run with the models interleaved
 * ``tada2d_r50`` vs ``tsn_r50``, 8 x 224²;
 * ``tadaconvnextv2_tiny`` vs ``tsn_convnext_tiny``, 16 x 224² (the paper's comparison: the TSN
   runs all 16 frames, TAda's tubelet stem halves them), and vs ``tsn_convnext_tiny`` on 8 frames
-  (the same frames per layer as TAda after its stem: the cost of the TAda layers themselves).
+  (the same frames per layer as TAda after its stem: the cost of the TAda layers themselves);
+* ``tadaformer_b16`` on 16 frames vs ``tsn_vit_b16_clip`` (CLIP ViT-B/16 per frame) on 8 (the same
+  tokens per layer after TAdaFormer's tubelet stem). Its TAda branches add FLOPs, so its time target
+  is 1.05 x its FLOP ratio (printed).
 
 ``--grouped`` adds each TAda model with every TAdaConv switched to ``impl="grouped"`` (the release's
-per-frame kernels). ``--plugins`` times the plug-in backbones instead (Table 3c: SlowOnly 8 frames,
+per-frame kernels); ``--fast`` with every TAdaConv on ``impl="fast"`` (what ``auto`` replaced).
+``--profile`` adds, per pair, a ``torch.profiler`` breakdown of one training step and one inference
+of both models: the time in each kind of module (blocks, TAdaConvs, routing, T-Pool; forward, from
+``record_function`` marks) and the ten costliest ops by self time and by memory. ``--plugins`` times the plug-in backbones instead (Table 3c: SlowOnly 8 frames,
 SlowFast 4x16 and 8x8 on 32 frames, R(2+1)D with TAda on the 2D conv and on 2D + 1D convs, R3D with
 TAdaConv3d, each against its plain backbone) at ``--size`` (default 112 on the CPU: 3D R50s at 224²
 take minutes per training step on two cores). Training step = forward, cross-entropy, backward, SGD step. Peak memory of one
@@ -43,7 +49,7 @@ class Run:
     model: str
     frames: int
     size: int = 224
-    grouped: bool = False
+    impl: str = ""  # "" (the model's default, auto), "grouped" or "fast": every TAdaConv switched to it
 
 
 @dataclass(frozen=True)
@@ -61,16 +67,18 @@ def plugin_pairs(size: int):
     return [Pair(Run(f"{t} {f}f", t, f, size), Run(f"{b} {f}f", b, f, size)) for t, b, f in PLUGINS]
 
 
-def pairs(grouped: bool):
+def pairs(grouped: bool, fast: bool = False):
     r50 = Run("tsn_r50 8f", "tsn_r50", 8)
     t2d = Run("tada2d_r50 8f", "tada2d_r50", 8)
     cnx16 = Run("tsn_convnext_tiny 16f", "tsn_convnext_tiny", 16)
     cnx8 = Run("tsn_convnext_tiny 8f", "tsn_convnext_tiny", 8)
     tcn = Run("tadaconvnextv2_tiny 16f", "tadaconvnextv2_tiny", 16)
-    out = [Pair(t2d, r50), Pair(tcn, cnx16), Pair(tcn, cnx8)]
-    if grouped:
-        out += [Pair(Run(t2d.label + " grouped", t2d.model, 8, grouped=True), t2d),
-                Pair(Run(tcn.label + " grouped", tcn.model, 16, grouped=True), tcn)]
+    vit8 = Run("tsn_vit_b16_clip 8f", "tsn_vit_b16_clip", 8)
+    tfm = Run("tadaformer_b16 16f", "tadaformer_b16", 16)
+    out = [Pair(t2d, r50), Pair(tcn, cnx16), Pair(tcn, cnx8), Pair(tfm, vit8)]
+    for flag, impl in ((grouped, "grouped"), (fast, "fast")):
+        if flag:
+            out += [Pair(Run(f"{t.label} {impl}", t.model, t.frames, impl=impl), t) for t in (t2d, tcn, tfm)]
     return out
 
 
@@ -81,10 +89,10 @@ class Bench:
         torch.manual_seed(seed)
         self.run, self.device = run, device
         self.model = create_model(run.model, num_classes=400).to(device)
-        if run.grouped:
+        if run.impl:
             for m in self.model.modules():
                 if isinstance(m, TAdaConv2d):
-                    m.impl = "grouped"
+                    m.impl = run.impl
         self.x = torch.randn(batch, 3, run.frames, run.size, run.size, device=device)
         self.y = torch.randint(0, 400, (batch,), device=device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
@@ -136,6 +144,88 @@ def memory_worker(run: dict, device: str, dtype: str, batch: int):
     return {"infer_peak": infer, "train_peak": train}
 
 
+_KINDS = (("TAdaConv", "tadaconv"), ("routing", "routing"), ("T-Pool", "tpool"), ("block", "block"))
+
+
+def _marks(model):
+    """``record_function`` marks around every block, TAdaConv, routing and T-Pool forward; returns the
+    hook handles."""
+    from tada.nn import TemporalAggregation
+    from tada.nn.calibration import ROUTING_TYPES
+
+    handles = []
+
+    def mark(module, name):
+        ctx = {}
+
+        def pre(_m, _i):
+            ctx["r"] = torch.autograd.profiler.record_function(name)
+            ctx["r"].__enter__()
+
+        def post(_m, _i, _o):
+            ctx.pop("r").__exit__(None, None, None)
+
+        handles.extend([module.register_forward_pre_hook(pre), module.register_forward_hook(post)])
+
+    blocks = getattr(model, "grad_checkpoint_types", ())
+    for name, m in model.named_modules():
+        kind = ("tadaconv" if isinstance(m, TAdaConv2d) else "routing" if isinstance(m, ROUTING_TYPES)
+                else "tpool" if isinstance(m, TemporalAggregation) else "block" if blocks and isinstance(m, blocks)
+                else None)
+        if kind:
+            mark(m, f"{kind}::{name}")
+    return handles
+
+
+def profile_run(run: Run, device, dtype, batch: int) -> dict:
+    """One warmed-up training step and one inference under torch.profiler: forward time per module kind
+    (marked) and the ten costliest ops by self time and by self memory."""
+    from torch.profiler import ProfilerActivity, profile
+
+    b = Bench(run, device, dtype, batch)
+    b.train_step()
+    handles = _marks(b.model)
+    out = {}
+    try:
+        for mode in ("train_step", "infer"):
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with profile(activities=acts, profile_memory=True) as prof:
+                getattr(b, mode)()
+            events = prof.key_averages()
+            total = sum(e.self_cpu_time_total for e in events) / 1e3
+            kinds = {}
+            for e in events:
+                kind = e.key.split("::", 1)[0]
+                if "::" in e.key and kind in dict((k, k) for _, k in _KINDS):
+                    kinds[kind] = kinds.get(kind, 0.0) + e.cpu_time_total / 1e3
+            ops = [e for e in events if "::" in e.key and e.key.split("::", 1)[0] in ("aten", "mkldnn")]
+            top_t = sorted(ops, key=lambda e: -e.self_cpu_time_total)[:10]
+            top_m = sorted(ops, key=lambda e: -e.self_cpu_memory_usage)[:10]
+            out[mode] = {
+                "total_ms": total, "forward_ms_by_kind": kinds,
+                "top_time": [(e.key, e.self_cpu_time_total / 1e3, e.count) for e in top_t],
+                "top_memory": [(e.key, e.self_cpu_memory_usage / 2**20, e.count) for e in top_m],
+            }
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def print_profile(pr: Pair, prof_t: dict, prof_b: dict) -> None:
+    print(f"\n### Profile: {pr.tada.label} vs {pr.base.label}")
+    for mode in ("train_step", "infer"):
+        t, b = prof_t[mode], prof_b[mode]
+        print(f"\n{mode}: profiled total (self time of all ops) {t['total_ms']:.0f} ms vs {b['total_ms']:.0f} ms")
+        print("\n| forward time in (incl. children) | TAda ms | base ms |\n|---|---|---|")
+        for label, k in _KINDS:
+            print(f"| {label} | {t['forward_ms_by_kind'].get(k, 0):.0f} | {b['forward_ms_by_kind'].get(k, 0):.0f} |")
+        for what, key, unit in (("self time", "top_time", "ms"), ("self memory", "top_memory", "MiB")):
+            print(f"\n| op (TAda, by {what}) | {unit} | calls | op (base) | {unit} | calls |\n|---|---|---|---|---|---|")
+            for (n1, v1, c1), (n2, v2, c2) in zip(t[key], b[key]):
+                print(f"| {n1} | {v1:.1f} | {c1} | {n2} | {v2:.1f} | {c2} |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
@@ -145,6 +235,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--grouped", action="store_true", help="also time TAda with the release's grouped operator")
+    p.add_argument("--fast", action="store_true", help="also time TAda with impl='fast' everywhere (no auto choice)")
+    p.add_argument("--profile", action="store_true", help="torch.profiler breakdown per pair (see the module doc)")
     p.add_argument("--plugins", action="store_true", help="the plug-in backbones (SlowOnly, SlowFast, R(2+1)D, R3D)")
     p.add_argument("--size", type=int, default=112, help="input size of the --plugins runs (default 112)")
     p.add_argument("--only", default=None, metavar="SUBSTRING",
@@ -157,7 +249,7 @@ def main(argv=None):
     info = machine_info(device)
     print(f"# Model speed: {info['device']}, torch {info['torch']}, {info['threads']} threads, "
           f"{args.dtype}, batch {args.batch}" + (f", plug-in backbones at {args.size}²" if args.plugins else ""))
-    prs = plugin_pairs(args.size) if args.plugins else pairs(args.grouped)
+    prs = plugin_pairs(args.size) if args.plugins else pairs(args.grouped, args.fast)
     if args.only:
         prs = [pr for pr in prs if args.only in pr.tada.model]
         if not prs:
@@ -174,13 +266,19 @@ def main(argv=None):
 
     times = time_all(runs, device, dtype, args.batch, args.repeats, args.warmup)
 
+    from tada.models.flops import profile as flop_profile
+
+    gflops = {r: flop_profile(r.model, r.frames, r.size).gflops for r in runs}
     rows = []
     for pr in prs:
         t, b = times[pr.tada], times[pr.base]
+        flop_ratio = gflops[pr.tada] / gflops[pr.base]
         row = {
             "tada": pr.tada.label, "baseline": pr.base.label,
             "infer_ms": [t["infer"], b["infer"]], "train_step_ms": [t["train_step"], b["train_step"]],
             "infer_ratio": t["infer"] / b["infer"], "train_step_ratio": t["train_step"] / b["train_step"],
+            "gflops": [gflops[pr.tada], gflops[pr.base]], "flop_ratio": flop_ratio,
+            "time_target": max(1.10, 1.05 * flop_ratio),
         }
         if mem:
             mt, mb = mem[pr.tada], mem[pr.base]
@@ -190,24 +288,33 @@ def main(argv=None):
             row["infer_peak_ratio"] = mt["infer_peak"] / mb["infer_peak"]
         rows.append(row)
 
+    profiles = {}
+    if args.profile:
+        for r in runs:
+            profiles[r] = profile_run(r, device, dtype, args.batch)
+        for pr in prs:
+            print_profile(pr, profiles[pr.tada], profiles[pr.base])
+
     print()
-    print("| TAda | baseline | infer ms (TAda / base) | infer ratio | train step ms (TAda / base) "
-          "| train ratio | train peak MiB (TAda / base) | train mem ratio | infer mem ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| TAda | baseline | FLOP ratio | time target | infer ms (TAda / base) | infer ratio | train step ms "
+          "(TAda / base) | train ratio | train peak MiB (TAda / base) | train mem ratio | infer mem ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         memcols = (
             f"{r['train_peak_mib'][0]:.0f} / {r['train_peak_mib'][1]:.0f} | {r['train_peak_ratio']:.2f} "
             f"| {r['infer_peak_ratio']:.2f}" if mem else "– | – | –"
         )
-        print(f"| {r['tada']} | {r['baseline']} | {r['infer_ms'][0]:.0f} / {r['infer_ms'][1]:.0f} "
+        print(f"| {r['tada']} | {r['baseline']} | {r['flop_ratio']:.3f} | {r['time_target']:.2f} "
+              f"| {r['infer_ms'][0]:.0f} / {r['infer_ms'][1]:.0f} "
               f"| {r['infer_ratio']:.2f} | {r['train_step_ms'][0]:.0f} / {r['train_step_ms'][1]:.0f} "
               f"| {r['train_step_ratio']:.2f} | {memcols} |")
-    print("\nGoal (issue 3): TAda/baseline <= 1.15x time and <= 1.2x memory.")
+    print("\nTargets: TAda/baseline time <= the time target (1.10, or 1.05 x the FLOP ratio where the TAda "
+          "blocks add FLOPs), memory <= 1.15 (plug-in backbones: <= 1.15 time, <= 1.2 memory).")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"machine": info, "dtype": args.dtype, "batch": args.batch, "repeats": args.repeats,
-                       "rows": rows}, f, indent=1)
+                       "rows": rows, "profiles": {r.label: v for r, v in profiles.items()}}, f, indent=1)
         print(f"wrote {args.json}")
     return 0
 
