@@ -28,13 +28,7 @@ CLASSES = {"v1": RouteFuncMLP, "v2": RouteFuncAttn, "learnable": LearnableCalibr
 EXACT, DIFFERS = 1e-5, 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add overhead on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models, one thread
 
 
 def test_the_generators_are_all_the_names_but_v1_v2():
