@@ -231,31 +231,36 @@ def _pair2(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-#: ``auto`` takes the grouped form when the input frame has at least this many pixels per per-frame
-#: kernel weight of one output channel group (``H*W >= ratio * (C_out/groups) * kh * kw``): then
-#: materialising the B*T kernels costs less than the fast path's extra pass over the input. Measured
-#: on a 2-core Xeon (``benchmarks/op_speed.py``, "auto" rows): for depthwise layers the grouped form
-#: wins from 56² down to 14² at k=7; for dense ones only on TAda2D-R50's first res2 layer (112²).
-AUTO_GROUPED_RATIO = {"dense": 16.0, "depthwise": 4.0}
+#: Where ``auto`` takes the grouped form, per device type: ``{device: {"dense": r, "depthwise": r}}``
+#: means grouped when the input frame has at least ``r`` pixels per per-frame kernel weight of one
+#: output channel group (``H*W >= r * (C_out/groups) * kh * kw``), i.e. where materialising the B*T
+#: kernels could cost less than the fast path's extra pass over the input. Empty: on the one device
+#: measured (a 2-core Xeon CPU) the grouped form lost at model level even on the shapes where the
+#: operator alone favoured it (TAda2D-R50, TAdaConvNeXtV2-T and TAdaFormer-B/16 training steps 1.22x,
+#: 1.45x and 1.23x slower with it there; ``benchmarks/model_speed.py --fast``), so ``auto`` runs
+#: ``fast``. An entry is added only with a measurement that shows the grouped form winning.
+AUTO_GROUPED_RATIO: dict = {}
 
 
 def auto_impl(cal_dim: str, x_shape, weight_shape, groups: int, device_type: str = "cpu") -> str:
-    """The implementation ``impl="auto"`` runs for this shape: deterministic, from the shapes only.
+    """The implementation ``impl="auto"`` runs for this shape: deterministic, from the shapes and the
+    device type only.
 
-    ``k2`` has only the grouped form. Otherwise, on the CPU, ``grouped`` where the kernels are small
-    against the feature map (:data:`AUTO_GROUPED_RATIO`), else ``fast``; ``fast`` on other devices
-    (not measured there yet) and while tracing, compiling or exporting (the grouped form bakes ``B*T``
-    into the graph as its group count; compiled, the fast path's scaling fuses into the neighbouring
-    pass). Pass ``impl="fast"`` or ``"grouped"`` to override.
+    ``k2`` has only the grouped form. Otherwise ``grouped`` where :data:`AUTO_GROUPED_RATIO` says the
+    kernels are small enough against the feature map on this device type, else ``fast``; always
+    ``fast`` while tracing, compiling or exporting (the grouped form bakes ``B*T`` into the graph as
+    its group count; compiled, the fast path's scaling fuses into the neighbouring pass). Pass
+    ``impl="fast"`` or ``"grouped"`` to override.
     """
     if cal_dim == "k2":
         return "grouped"
-    if device_type != "cpu" or torch.jit.is_tracing() or torch.jit.is_scripting() or _exporting():
+    ratios = AUTO_GROUPED_RATIO.get(device_type)
+    if not ratios or torch.jit.is_tracing() or torch.jit.is_scripting() or _exporting():
         return "fast"
     c_out, c_in_g, kh, kw = weight_shape
     h, w = x_shape[-2], x_shape[-1]
-    kind = "depthwise" if c_in_g == 1 and groups > 1 else "dense"
-    return "grouped" if h * w >= AUTO_GROUPED_RATIO[kind] * (c_out // groups) * kh * kw else "fast"
+    ratio = ratios.get("depthwise" if c_in_g == 1 and groups > 1 else "dense")
+    return "grouped" if ratio is not None and h * w >= ratio * (c_out // groups) * kh * kw else "fast"
 
 
 def _exporting() -> bool:
