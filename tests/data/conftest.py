@@ -42,7 +42,7 @@ def decoded_index(video_uint8_or_float, step: int = 4) -> list:
 def video_dir(tmp_path_factory) -> Path:
     """``good/{a,b}_{i}.mp4`` (6 real videos, 16 frames of 32x32 at 30 fps) and broken files:
     ``bad/zero.mp4`` (0 bytes), ``bad/truncated.mp4`` (first 40% of a good file: no moov atom), ``bad/cut.mp4``
-    (a faststart file cut to 40%: opens, cannot be decoded), ``bad/text.mp4`` (a text file), and
+    (a faststart file cut inside its first frame: opens, cannot be decoded), ``bad/text.mp4`` (a text file), and
     ``bad/missing.mp4`` does not exist."""
     root = tmp_path_factory.mktemp("videos")
     (root / "good").mkdir()
@@ -53,10 +53,14 @@ def video_dir(tmp_path_factory) -> Path:
     data = (root / "good" / "a_0.mp4").read_bytes()
     (root / "bad" / "truncated.mp4").write_bytes(data[: int(len(data) * 0.4)])
     (root / "bad" / "text.mp4").write_text("this is not a video\n" * 20)
-    # moov atom first (faststart), then the media data cut short: the header opens, decoding fails.
+    # moov atom first (faststart), then the media data cut 64 bytes in, inside the first (key) frame: the
+    # header opens and no frame decodes. (Cut at 40% of the file, as before, its first 9 frames still
+    # decoded, so a random training clip sometimes read it and the worker test was flaky.)
     write_video(root / "cut.mp4", textured_frames(9, frames=60), faststart=True)
     data = (root / "cut.mp4").read_bytes()
-    (root / "bad" / "cut.mp4").write_bytes(data[: int(len(data) * 0.4)])
+    mdat = data.index(b"mdat")
+    assert mdat > data.index(b"moov"), "write_video(faststart=True) must put the moov atom first"
+    (root / "bad" / "cut.mp4").write_bytes(data[: mdat + 4 + 64])
     (root / "cut.mp4").unlink()
     return root
 
