@@ -75,3 +75,23 @@ def test_bad_options(kwargs, match):
 def test_bad_input_shape():
     with pytest.raises(ValueError, match=r"expects \(B, 4, T, H, W\)"):
         TemporalAggregation(4)(torch.randn(2, 5, 3, 4, 4))
+
+
+@pytest.mark.parametrize("pool", ["avg", "max", "mix"])
+@pytest.mark.parametrize("shortcut", ["separate", "shared", "none"])
+def test_channels_last_form_is_bitwise_the_same(pool, shortcut):
+    torch.manual_seed(0)
+    agg = TemporalAggregation(16, norm="ln", pool=pool, shortcut=shortcut)
+    with torch.no_grad():
+        for p in agg.parameters():
+            p.normal_()
+    y = torch.randn(2, 5, 6, 7, 16).requires_grad_()  # (B, T, H, W, C)
+    out = agg.forward_channels_last(y)
+    ref = agg(y.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
+    assert out.is_contiguous() and torch.equal(out, ref)
+    g = torch.randn_like(out)
+    assert torch.equal(torch.autograd.grad(out, y, g)[0], torch.autograd.grad(ref, y, g)[0])
+    with pytest.raises(ValueError, match="norm='ln'"):
+        TemporalAggregation(16, norm="bn").forward_channels_last(y)
+    with pytest.raises(ValueError, match=r"\(B, T, H, W, 16\)"):
+        agg.forward_channels_last(y.permute(0, 4, 1, 2, 3))

@@ -198,8 +198,8 @@ class ConvNeXtBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv_dw(x.permute(0, 4, 1, 2, 3))  # (B, C, T, H, W), channels-last memory
-        if self.tpool is not None:
-            y = _channels_last(self.tpool(y))
+        if self.tpool is not None:  # in channels-last memory throughout (no layout round trip)
+            y = self.tpool.forward_channels_last(_channels_last(y))
         else:
             y = self.norm(y.permute(0, 2, 3, 4, 1))
         y = self.mlp(y)

@@ -106,5 +106,39 @@ class TemporalAggregation(nn.Module):
             return self.norm1(y + pooled)
         return self.norm1(pooled)
 
+    def forward_channels_last(self, y: Tensor) -> Tensor:
+        """The same aggregation on ``(B, T, H, W, C)`` (channels last, e.g. a ConvNeXt block's layout),
+        returned in that layout, with no layout copies: the pool runs over dim 1 and the LayerNorms over
+        the last dim directly. Equal to ``forward(y.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)``
+        (the same sums in the same order); ``norm="ln"`` only."""
+        if self.norm_kind != "ln":
+            raise ValueError("forward_channels_last needs norm='ln' (BatchNorm normalises over dim 1)")
+        if y.dim() != 5 or y.shape[-1] != self.channels:
+            raise ValueError(
+                f"TemporalAggregation({self.channels}).forward_channels_last expects (B, T, H, W, {self.channels}), "
+                f"got shape {tuple(y.shape)}"
+            )
+        pooled = _pool_dim1(y, self.pool)
+        ln = lambda norm, z: F.layer_norm(z, (self.channels,), norm.weight, norm.bias, norm.eps)  # noqa: E731
+        if self.shortcut == "separate":
+            return ln(self.norm1, y) + ln(self.norm2, pooled)
+        if self.shortcut == "shared":
+            return ln(self.norm1, y + pooled)
+        return ln(self.norm1, pooled)
+
     def extra_repr(self) -> str:
         return f"{self.channels}, norm={self.norm_kind!r}, pool={self.pool!r}, shortcut={self.shortcut!r}"
+
+
+def _pool_dim1(y: Tensor, pool: str) -> Tensor:
+    """:func:`temporal_pool` over dim 1 of ``(B, T, ...)``, keeping ``y``'s memory layout: the same
+    three-frame sums in the same order, ``((y[t-1] + y[t]) + y[t+1])``, zero (avg) / -inf (max) padded."""
+    out = None
+    if pool in ("avg", "mix"):
+        p = F.pad(y, (0, 0, 0, 0, 0, 0, 1, 1))
+        out = (p[:, :-2] + p[:, 1:-1] + p[:, 2:]) / 3.0
+    if pool in ("max", "mix"):
+        p = F.pad(y, (0, 0, 0, 0, 0, 0, 1, 1), value=float("-inf"))
+        m = torch.maximum(torch.maximum(p[:, :-2], p[:, 1:-1]), p[:, 2:])
+        out = m if out is None else out + m
+    return out
