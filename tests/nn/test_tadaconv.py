@@ -236,3 +236,18 @@ def _a(*shape):
 def test_bad_input_raises_clear_error(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_routing_descriptor_of_a_channels_last_view_equals_the_plain_mean():
+    """The routing reads the per-frame spatial means of a (B, C, T, H, W) view of channels-last memory
+    (ConvNeXt's layout) in that layout; the values are those of the plain mean up to rounding."""
+    from tada.nn.routing import _descriptor
+
+    cl = torch.randn(2, 5, 9, 8, 16, dtype=torch.float64)  # (B, T, H, W, C) memory
+    x = cl.permute(0, 4, 1, 2, 3)
+    assert not x.is_contiguous()
+    ref = x.contiguous().mean(dim=(3, 4))
+    assert torch.allclose(_descriptor(x), ref, rtol=1e-14, atol=1e-15)
+    assert torch.allclose(_descriptor(x.contiguous()), ref, rtol=0, atol=0)
+    xf = torch.randn(2, 5, 16, 9, 8).transpose(1, 2)  # frame-major (TAda2D's layout): the plain path
+    assert torch.equal(_descriptor(xf), xf.mean(dim=(3, 4)))

@@ -94,8 +94,14 @@ class _Heads(nn.Module):
 
 
 def _descriptor(x: Tensor) -> Tensor:
+    """Per-frame spatial means ``(B, C, T)``. A ``(B, C, T, H, W)`` view of channels-last memory (a
+    ConvNeXt block's ``(B, T, H, W, C)``) is reduced in its own layout: ``mean(dim=(3, 4))`` on that
+    view is ~30x slower on the CPU (strided reduction), for the same values up to rounding."""
     if x.dim() != 5:
         raise ValueError(f"routing input must be (B, C, T, H, W), got shape {tuple(x.shape)}")
+    cl = x.permute(0, 2, 3, 4, 1)
+    if cl.is_contiguous() and not x.is_contiguous():
+        return cl.mean(dim=(2, 3)).transpose(1, 2)
     return x.mean(dim=(3, 4))  # (B, C, T)
 
 
