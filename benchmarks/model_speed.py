@@ -196,7 +196,7 @@ def profile_run(run: Run, device, dtype, batch: int) -> dict:
             kinds = {}
             for e in events:
                 kind = e.key.split("::", 1)[0]
-                if "::" in e.key and kind in dict((k, k) for _, k in _KINDS):
+                if "::" in e.key and kind in {k for _, k in _KINDS}:
                     kinds[kind] = kinds.get(kind, 0.0) + e.cpu_time_total / 1e3
             ops = [e for e in events if "::" in e.key and e.key.split("::", 1)[0] in ("aten", "mkldnn")]
             top_t = sorted(ops, key=lambda e: -e.self_cpu_time_total)[:10]

@@ -255,36 +255,33 @@ class VideoResNet(VideoClassifier):
         return tuple(n for n in self.stage_names if any(getattr(b, "agg", None) is not None for b in getattr(self, n)))
 
     def _fields(self) -> Dict[str, str]:
-        # {bn2} for every block; with T-Pool on some stages only, _place_bn2 moves those stages' keys
-        pooled = self._t_pool_layers()
-        return {"bn2": "agg.norm1" if pooled and len(pooled) == len(self.stage_names) else "bn2"}
+        # the rule sets write every block's bn2 as bn2; _place_bn2 then moves the T-Pool stages' keys
+        return {"bn2": "bn2"}
 
     def _place_bn2(self, sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        """With T-Pool on some stages only (``tada_stages``): ``bn2`` -> ``agg.norm1`` in those stages."""
+        """``bn2`` -> ``agg.norm1`` in the stages with T-Pool (all of them, or ``tada_stages``); a
+        LayerNorm T-Pool takes the BN's affine parameters only (its running statistics have no
+        counterpart)."""
         pooled = self._t_pool_layers()
-        if not pooled or len(pooled) == len(self.stage_names):
+        if not pooled:
             return sd
-        rules = ((Rule(rf"(?P<b>(?:{'|'.join(pooled)})\.\d+)\.bn2\.(?!weight$|bias$).+", None),)
-                 if self.agg_norm == "ln" else ())
-        rules += (Rule(rf"(?P<b>(?:{'|'.join(pooled)})\.\d+)\.bn2\.(?P<p>.+)", "{b}.agg.norm1.{p}"),)
+        block = rf"(?P<b>(?:{'|'.join(pooled)})\.\d+)\.bn2\."
+        rules = (Rule(block + r"(?!weight$|bias$).+", None),) if self.agg_norm == "ln" else ()
+        rules += (Rule(block + r"(?P<p>.+)", "{b}.agg.norm1.{p}"),)
         return apply_rules(sd, rules)
 
     def _from_torchvision(self, sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         """torchvision keys (and this project's own, which pass unchanged): :data:`TORCHVISION_RULES`,
-        after :data:`LN_TPOOL_RULES` with a LayerNorm T-Pool."""
-        every = self._fields()["bn2"] == "agg.norm1"
-        rules = (LN_TPOOL_RULES if every and self.agg_norm == "ln" else ()) + TORCHVISION_RULES
-        return self._place_bn2(apply_rules(sd, rules, fields=self._fields()))
+        then :meth:`_place_bn2`."""
+        return self._place_bn2(apply_rules(sd, TORCHVISION_RULES, fields=self._fields()))
 
 
-# -- checkpoint rule sets (tada.models.convert); {bn2} is "bn2", or "agg.norm1" with T-Pool ---------------
+# -- checkpoint rule sets (tada.models.convert); {bn2} is "bn2" (VideoResNet._place_bn2 moves T-Pool's) -----
 #: torchvision ``resnet50``: this module's keys except ``fc`` (-> ``head``) and ``bn2`` (-> ``{bn2}``).
 TORCHVISION_RULES = (
     Rule.prefix("fc.", "head."),
     Rule(r"(?P<b>layer\d+\.\d+)\.bn2\.(?P<p>.+)", "{b}.{bn2}.{p}"),
 )
-#: a LayerNorm T-Pool takes the BN's affine parameters only: its running statistics have no counterpart
-LN_TPOOL_RULES = (Rule(r"layer\d+\.\d+\.bn2\.(?!weight$|bias$).+", None),)
 
 
 def released_spatial_weight(w: Tensor) -> Tensor:

@@ -18,22 +18,26 @@ SHORTCUTS = ("separate", "shared", "none")
 NORMS = ("bn", "ln")
 
 
-def temporal_pool(y: Tensor, pool: str = "avg") -> Tensor:
+def temporal_pool(y: Tensor, pool: str = "avg", dim: int = 2) -> Tensor:
     """Pool ``(B, C, T, H, W)`` over a window of 3 frames, stride 1, padding 1 (T is kept, any T >= 1).
 
     ``avg`` counts the zero padding (boundary frames are averaged with a zero); ``max`` ignores it;
     ``mix`` is their sum. Written with pad + slices rather than ``avg_pool3d``, which rejects T < 3,
-    and which would also copy a frame-major input to a contiguous one.
+    and which would also copy a frame-major input to a contiguous one. ``dim``: the time dimension
+    (``1`` for a channels-last ``(B, T, H, W, C)``); the output keeps ``y``'s layout.
     """
     if pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}; expected one of {POOLS}")
+    pad = (0, 0) * (y.dim() - 1 - dim) + (1, 1)
+    t = y.shape[dim]
+    window = lambda p: (p.narrow(dim, 0, t), p.narrow(dim, 1, t), p.narrow(dim, 2, t))  # noqa: E731
     out = None
     if pool in ("avg", "mix"):
-        p = F.pad(y, (0, 0, 0, 0, 1, 1))
-        out = (p[:, :, :-2] + p[:, :, 1:-1] + p[:, :, 2:]) / 3.0
+        prev, cur, nxt = window(F.pad(y, pad))
+        out = (prev + cur + nxt) / 3.0
     if pool in ("max", "mix"):
-        p = F.pad(y, (0, 0, 0, 0, 1, 1), value=float("-inf"))
-        m = torch.maximum(torch.maximum(p[:, :, :-2], p[:, :, 1:-1]), p[:, :, 2:])
+        prev, cur, nxt = window(F.pad(y, pad, value=float("-inf")))
+        m = torch.maximum(torch.maximum(prev, cur), nxt)
         out = m if out is None else out + m
     return out
 
@@ -118,7 +122,7 @@ class TemporalAggregation(nn.Module):
                 f"TemporalAggregation({self.channels}).forward_channels_last expects (B, T, H, W, {self.channels}), "
                 f"got shape {tuple(y.shape)}"
             )
-        pooled = _pool_dim1(y, self.pool)
+        pooled = temporal_pool(y, self.pool, dim=1)
         ln = lambda norm, z: F.layer_norm(z, (self.channels,), norm.weight, norm.bias, norm.eps)  # noqa: E731
         if self.shortcut == "separate":
             return ln(self.norm1, y) + ln(self.norm2, pooled)
@@ -129,16 +133,3 @@ class TemporalAggregation(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.channels}, norm={self.norm_kind!r}, pool={self.pool!r}, shortcut={self.shortcut!r}"
 
-
-def _pool_dim1(y: Tensor, pool: str) -> Tensor:
-    """:func:`temporal_pool` over dim 1 of ``(B, T, ...)``, keeping ``y``'s memory layout: the same
-    three-frame sums in the same order, ``((y[t-1] + y[t]) + y[t+1])``, zero (avg) / -inf (max) padded."""
-    out = None
-    if pool in ("avg", "mix"):
-        p = F.pad(y, (0, 0, 0, 0, 0, 0, 1, 1))
-        out = (p[:, :-2] + p[:, 1:-1] + p[:, 2:]) / 3.0
-    if pool in ("max", "mix"):
-        p = F.pad(y, (0, 0, 0, 0, 0, 0, 1, 1), value=float("-inf"))
-        m = torch.maximum(torch.maximum(p[:, :-2], p[:, 1:-1]), p[:, 2:])
-        out = m if out is None else out + m
-    return out

@@ -101,23 +101,17 @@ def _resample(a: Tensor, frames: int) -> Tensor:
     return F.interpolate(a, size=frames, mode="linear", align_corners=True)
 
 
-def _reset_default(m: nn.Module) -> None:
-    m.reset_parameters()  # PyTorch's default init of nn.Linear / nn.Conv1d
-
-
 def _last_layer_init(m: nn.Module, init: str) -> None:
     if init == "ones":
         nn.init.zeros_(m.weight)
         if getattr(m, "bias", None) is not None:
             nn.init.zeros_(m.bias)
     else:
-        _reset_default(m)
+        m.reset_parameters()  # PyTorch's default init of nn.Linear / nn.Conv1d
 
 
 class _Generator(nn.Module):
     """Shared plumbing: the output sizes (``heads``, then the optional bias head) and the output form."""
-
-    temporally_varying: bool = False
 
     def __init__(self, in_channels: int, out_channels, bias_channels: Optional[int], init: str):
         super().__init__()
@@ -152,7 +146,6 @@ class LearnableCalibration(_Generator):
                  init: str = "ones", temporal: bool = False, frames: int = 8):
         super().__init__(in_channels, out_channels, bias_channels, init)
         self.temporal = bool(temporal)
-        self.temporally_varying = self.temporal
         self.frames = _pos_int(frames, "frames")
         self.params = nn.ParameterList(
             nn.Parameter(torch.zeros(n, self.frames if self.temporal else 1)) for n in self.sizes
@@ -186,7 +179,6 @@ class DynamicCalibration(_Generator):
                  init: str = "ones", temporal: bool = False, frames: int = 8, reduction: int = 4):
         super().__init__(in_channels, out_channels, bias_channels, init)
         self.temporal = bool(temporal)
-        self.temporally_varying = self.temporal
         self.frames = _pos_int(frames, "frames")
         self.reduction = _pos_int(reduction, "reduction")
         hidden = self.in_channels // self.reduction
@@ -232,7 +224,6 @@ class TAMCalibration(_Generator):
                 f"channels, got sizes {self.sizes}; use cal_dim='cin' (or a layer with C_out == C_in)"
             )
         self.local = bool(local)
-        self.temporally_varying = self.local
         self.frames = _pos_int(frames, "frames")
         self.reduction = _pos_int(reduction, "reduction")
         kernel = _pos_int(kernel, "kernel")

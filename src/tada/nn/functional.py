@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.nn.modules.utils import _pair
 
 __all__ = ["tada_conv2d", "auto_impl", "AUTO_GROUPED_RATIO", "CAL_DIMS", "IMPLS", "frames_to_batch", "batch_to_frames"]
 
@@ -222,13 +223,9 @@ def _scaled_input_conv(xf, a, weight, bias, stride, padding, dilation, groups):
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (xf, a, weight, bias))
     if needs_grad and not isinstance(padding, str) and not torch.jit.is_tracing():
-        conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
+        conv = (tuple(_pair(stride)), tuple(_pair(padding)), tuple(_pair(dilation)), groups)
         return _ScaledInputConv.apply(xf, a, weight, bias, conv)
     return F.conv2d(xf * a[:, :, None, None], weight, bias, stride, padding, dilation, groups)
-
-
-def _pair2(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 #: Where ``auto`` takes the grouped form, per device type: ``{device: {"dense": r, "depthwise": r}}``
@@ -264,9 +261,7 @@ def auto_impl(cal_dim: str, x_shape, weight_shape, groups: int, device_type: str
 
 
 def _exporting() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and (getattr(compiler, "is_exporting", lambda: False)()
-                                           or getattr(compiler, "is_compiling", lambda: False)()))
+    return torch.compiler.is_exporting() or torch.compiler.is_compiling()
 
 
 def _fast(x, weight, bias, a_in, a_out, beta, stride, padding, dilation, groups):
@@ -274,9 +269,8 @@ def _fast(x, weight, bias, a_in, a_out, beta, stride, padding, dilation, groups)
     xf = frames_to_batch(x)
     post = a_out is not None or beta is not None
     if a_in is not None:
-        pad = padding if isinstance(padding, str) else _pair2(padding)
-        y = _scaled_input_conv(xf, _per_frame(a_in), weight, None if post else bias, _pair2(stride), pad,
-                               _pair2(dilation), groups)
+        y = _scaled_input_conv(xf, _per_frame(a_in), weight, None if post else bias, stride, padding, dilation,
+                               groups)
     else:
         y = F.conv2d(xf, weight, None if post else bias, stride, padding, dilation, groups)
     if post:
