@@ -79,7 +79,7 @@ def test_bad_input_shape():
 
 @pytest.mark.parametrize("pool", ["avg", "max", "mix"])
 @pytest.mark.parametrize("shortcut", ["separate", "shared", "none"])
-def test_channels_last_form_is_bitwise_the_same(pool, shortcut):
+def test_channels_last_form_is_the_same(pool, shortcut):
     torch.manual_seed(0)
     agg = TemporalAggregation(16, norm="ln", pool=pool, shortcut=shortcut)
     with torch.no_grad():
@@ -90,7 +90,11 @@ def test_channels_last_form_is_bitwise_the_same(pool, shortcut):
     ref = agg(y.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
     assert out.is_contiguous() and torch.equal(out, ref)
     g = torch.randn_like(out)
-    assert torch.equal(torch.autograd.grad(out, y, g)[0], torch.autograd.grad(ref, y, g)[0])
+    grad, grad_ref = torch.autograd.grad(out, y, g)[0], torch.autograd.grad(ref, y, g)[0]
+    if agg.fuses(y, channels_last=True):  # the fused backward sums in another order
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-5)
+    else:
+        assert torch.equal(grad, grad_ref)
     with pytest.raises(ValueError, match="norm='ln'"):
         TemporalAggregation(16, norm="bn").forward_channels_last(y)
     with pytest.raises(ValueError, match=r"\(B, T, H, W, 16\)"):

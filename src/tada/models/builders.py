@@ -32,6 +32,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..nn import TAdaConv2d, TemporalAggregation, temporal_pool
+from ..nn.aggregation import fused_tpool
 from ..nn.functional import batch_to_frames, frames_to_batch
 
 __all__ = [
@@ -119,6 +120,8 @@ def aggregate_frame_major(agg: TemporalAggregation, y: Tensor, frames: int) -> T
     n, c, h, w = y.shape
     if n % frames:
         raise ValueError(f"batch of {n} frames is not a multiple of T={frames}")
+    if agg.fuses(y):  # one autograd node that keeps only y for backward
+        return fused_tpool(agg, y, None, None, channels_last=False, frames=frames)
     pooled = temporal_pool(y.reshape(n // frames, 1, frames, c, h * w), agg.pool).reshape(n, c, 1, h, w)
     y5 = y.unsqueeze(2)
     if agg.shortcut == "separate":

@@ -197,10 +197,17 @@ class ConvNeXtBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.conv_dw(x.permute(0, 4, 1, 2, 3))  # (B, C, T, H, W), channels-last memory
+        x5 = x.permute(0, 4, 1, 2, 3)  # (B, C, T, H, W), channels-last memory
         if self.tpool is not None:  # in channels-last memory throughout (no layout round trip)
-            y = self.tpool.forward_channels_last(_channels_last(y))
+            if isinstance(self.conv_dw, TAdaConv2d) and self.tpool.fuses(x, channels_last=True):
+                # the calibration's multiply (and the calibrated bias) run inside T-Pool's fused pass
+                y, scale, shift = self.conv_dw(x5, split=True)
+                y = self.tpool.forward_channels_last(_channels_last(y), *(
+                    None if t is None else t.permute(0, 2, 3, 4, 1) for t in (scale, shift)))
+            else:
+                y = self.tpool.forward_channels_last(_channels_last(self.conv_dw(x5)))
         else:
+            y = self.conv_dw(x5)
             y = self.norm(y.permute(0, 2, 3, 4, 1))
         y = self.mlp(y)
         if self.gamma is not None:

@@ -162,7 +162,10 @@ class TAdaBlock(nn.Module):
             y = self.pre_proj(x.permute(0, 4, 1, 2, 3))  # (B, C, T, gh, gw)
         else:
             y = self.pre_proj(x).permute(0, 4, 1, 2, 3)
-        y = self.act(self.tpool(self.conv(y)))  # (B, C, T, gh, gw)
+        if self.tpool.fuses(y):  # the calibration's multiply runs inside T-Pool's fused pass
+            y = self.act(self.tpool(*self.conv(y, split=True)))  # (B, C, T, gh, gw)
+        else:
+            y = self.act(self.tpool(self.conv(y)))
         y = y.permute(0, 2, 3, 4, 1).reshape(n, length, self.channels)
         return self.proj(y)
 

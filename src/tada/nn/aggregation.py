@@ -6,10 +6,13 @@ trained), and ``Norm2`` zero-initialised so ``z == Norm1(y)`` at init.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["TemporalAggregation", "temporal_pool", "ChannelNorm"]
 
@@ -97,12 +100,19 @@ class TemporalAggregation(nn.Module):
             nn.init.zeros_(self.norm2.weight)
             nn.init.zeros_(self.norm2.bias)
 
-    def forward(self, y: Tensor) -> Tensor:
+    def forward(self, y: Tensor, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None) -> Tensor:
+        """``y``: ``(B, C, T, H, W)``. ``scale`` / ``shift`` (broadcastable to ``y``, e.g. ``(B, C, T, 1, 1)``):
+        aggregate ``y * scale + shift`` instead, the per-frame affine a ``cout`` TAdaConv applies to its
+        output (see :meth:`TAdaConv2d.forward <tada.nn.TAdaConv2d.forward>` with ``split=True``), so that
+        the multiply runs inside this pass and only ``y`` is kept for backward."""
         if y.dim() != 5 or y.shape[1] != self.channels:
             raise ValueError(
                 f"TemporalAggregation({self.channels}) expects (B, {self.channels}, T, H, W), "
                 f"got shape {tuple(y.shape)}"
             )
+        if self.fuses(y, scale, shift, channels_last=False):
+            return fused_tpool(self, y, scale, shift, channels_last=False)
+        y = _affine(y, scale, shift)
         pooled = temporal_pool(y, self.pool)
         if self.shortcut == "separate":
             return self.norm1(y) + self.norm2(pooled)
@@ -110,11 +120,13 @@ class TemporalAggregation(nn.Module):
             return self.norm1(y + pooled)
         return self.norm1(pooled)
 
-    def forward_channels_last(self, y: Tensor) -> Tensor:
+    def forward_channels_last(self, y: Tensor, scale: Optional[Tensor] = None,
+                              shift: Optional[Tensor] = None) -> Tensor:
         """The same aggregation on ``(B, T, H, W, C)`` (channels last, e.g. a ConvNeXt block's layout),
         returned in that layout, with no layout copies: the pool runs over dim 1 and the LayerNorms over
         the last dim directly. Equal to ``forward(y.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)``
-        (the same sums in the same order); ``norm="ln"`` only."""
+        (the same sums in the same order); ``norm="ln"`` only. ``scale`` / ``shift`` as in
+        :meth:`forward`, broadcastable in this layout (e.g. ``(B, T, 1, 1, C)``)."""
         if self.norm_kind != "ln":
             raise ValueError("forward_channels_last needs norm='ln' (BatchNorm normalises over dim 1)")
         if y.dim() != 5 or y.shape[-1] != self.channels:
@@ -122,6 +134,9 @@ class TemporalAggregation(nn.Module):
                 f"TemporalAggregation({self.channels}).forward_channels_last expects (B, T, H, W, {self.channels}), "
                 f"got shape {tuple(y.shape)}"
             )
+        if self.fuses(y, scale, shift, channels_last=True):
+            return fused_tpool(self, y, scale, shift, channels_last=True)
+        y = _affine(y, scale, shift)
         pooled = temporal_pool(y, self.pool, dim=1)
         ln = lambda norm, z: F.layer_norm(z, (self.channels,), norm.weight, norm.bias, norm.eps)  # noqa: E731
         if self.shortcut == "separate":
@@ -130,6 +145,156 @@ class TemporalAggregation(nn.Module):
             return ln(self.norm1, y + pooled)
         return ln(self.norm1, pooled)
 
+    def fuses(self, y: Tensor, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None, *,
+              channels_last: bool = False) -> bool:
+        """Whether this call runs as one fused autograd function (:class:`_FusedTPool`): a gradient is
+        needed, the default form (``pool="avg"``, ``shortcut="separate"``, affine norms of the built
+        types: BatchNorm on ``(B, C, T, H, W)``, LayerNorm channels-last), float32/64, no autocast, and
+        not tracing, scripting, compiling or exporting (those see the plain composition). The fused
+        form returns the same values and keeps only ``y`` (and the norms' per-row statistics) for
+        backward, recomputing the cheap affine and pool there instead of keeping both."""
+        if self.pool != "avg" or self.shortcut != "separate" or not torch.is_grad_enabled():
+            return False
+        if self.norm_kind != ("ln" if channels_last else "bn"):
+            return False
+        kinds = (ChannelNorm, nn.LayerNorm) if channels_last else (nn.BatchNorm3d,)  # not e.g. SyncBatchNorm
+        if any(type(n) not in kinds or n.weight is None for n in (self.norm1, self.norm2)):
+            return False
+        tensors = [t for t in (y, scale, shift) if t is not None]
+        params = (self.norm1.weight, self.norm1.bias, self.norm2.weight, self.norm2.bias)
+        if not any(t.requires_grad for t in tensors + list(params)):
+            return False
+        if y.dtype not in (torch.float32, torch.float64) or any(t.dtype != y.dtype for t in tensors):
+            return False
+        if torch.is_autocast_enabled(y.device.type):
+            return False
+        return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+                    or torch.compiler.is_exporting())
+
     def extra_repr(self) -> str:
         return f"{self.channels}, norm={self.norm_kind!r}, pool={self.pool!r}, shortcut={self.shortcut!r}"
 
+
+
+def _avg3(y: Tensor, dim: int) -> Tensor:
+    """``temporal_pool(y, "avg", dim)`` without autograd: the same sums in the same order
+    (``(y[t-1] + y[t]) + y[t+1]``, then ``/ 3``; the zero padding's terms are the ones left out), written
+    into one new tensor instead of a padded copy, two sums and a quotient."""
+    t = y.shape[dim]
+    out = torch.empty_like(y)
+    if t == 1:
+        out.copy_(y)
+    else:
+        torch.add(y.narrow(dim, 0, t - 1), y.narrow(dim, 1, t - 1), out=out.narrow(dim, 1, t - 1))
+        out.narrow(dim, 0, 1).copy_(y.narrow(dim, 0, 1))
+        out.narrow(dim, 0, t - 1).add_(y.narrow(dim, 1, t - 1))
+    return out.div_(3.0)
+
+
+def _affine(y: Tensor, scale: Optional[Tensor], shift: Optional[Tensor]) -> Tensor:
+    """``y * scale + shift`` with either part optional (one ``addcmul`` for both, as the fast TAdaConv)."""
+    if scale is None:
+        return y if shift is None else y + shift
+    return y * scale if shift is None else torch.addcmul(shift, y, scale)
+
+
+def _bn_call(bn: nn.BatchNorm3d):
+    """What ``bn.forward`` would pass to the batch-norm kernel now: ``(training, momentum, running_mean,
+    running_var)``; counts the batch (``num_batches_tracked``) as ``nn.BatchNorm3d`` does."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    keep = not bn.training or bn.track_running_stats
+    return batch_stats, momentum, bn.running_mean if keep else None, bn.running_var if keep else None
+
+
+def fused_tpool(agg: TemporalAggregation, y: Tensor, scale, shift, channels_last: bool, frames: Optional[int] = None
+           ) -> Tensor:
+    """The fused T-Pool: on ``(B, C, T, H, W)`` (BatchNorm), channels-last ``(B, T, H, W, C)``
+    (LayerNorm), or with ``frames=T`` on the frame batch ``(B*T, C, H, W)`` of frame-major memory
+    (BatchNorm; returns ``(B*T, C, H, W)``, see :func:`tada.models.builders.aggregate_frame_major`)."""
+    n1, n2 = agg.norm1, agg.norm2
+    if channels_last:
+        norms = (("ln", n1.eps), ("ln", n2.eps))
+    else:
+        norms = tuple(("bn", n.eps) + _bn_call(n) for n in (n1, n2))
+    tdim = 1 if channels_last else 2
+    return _FusedTPool.apply(y, scale, shift, n1.weight, n1.bias, n2.weight, n2.bias, norms, tdim, frames)
+
+
+def _pool_of(u: Tensor, tdim: int, frames: Optional[int]) -> Tensor:
+    """The average pool of T-Pool's (normalised-layout) input ``u``: over ``tdim``, or for the frame
+    batch ``u`` ``(B*T, C, 1, H, W)`` over the frames of each video (a ``(B, 1, T, C, H*W)`` view)."""
+    if frames is None:
+        return _avg3(u, tdim)
+    n, c, _, h, w = u.shape
+    return _avg3(u.reshape(n // frames, 1, frames, c, h * w), 2).view(n, c, 1, h, w)
+
+
+def _norm_forward(spec, x: Tensor, w: Tensor, b: Tensor):
+    """One norm with the kernel autograd's own would call: ``(out, stat1, stat2)``."""
+    if spec[0] == "ln":
+        return torch.ops.aten.native_layer_norm(x, [x.shape[-1]], w, b, spec[1])
+    _, eps, batch_stats, momentum, rm, rv = spec
+    return torch.ops.aten.native_batch_norm(x, w, b, rm, rv, batch_stats, momentum, eps)
+
+
+def _norm_backward(spec, g: Tensor, x: Tensor, s1: Tensor, s2: Tensor, w: Tensor, b: Tensor, mask):
+    if spec[0] == "ln":
+        return torch.ops.aten.native_layer_norm_backward(g, x, [x.shape[-1]], s1, s2, w, b, mask)
+    _, eps, batch_stats, _, rm, rv = spec
+    return torch.ops.aten.native_batch_norm_backward(g, x, w, rm, rv, s1, s2, batch_stats, eps, mask)
+
+
+class _FusedTPool(torch.autograd.Function):
+    """``Norm1(u) + Norm2(AvgPool_T(u))`` with ``u = y * scale + shift`` (T-Pool's default form, after a
+    ``cout`` TAdaConv's per-frame affine), as one autograd node.
+
+    Forward runs the same kernels as the plain composition (so the same values). Backward keeps only
+    ``y``, ``scale``, ``shift``, the norm parameters and the norms' per-row statistics, where the plain
+    graph keeps ``u``, ``y`` and ``AvgPool_T(u)`` and differentiates the pool through three padded
+    slices (a zero fill and a copy each): here ``u`` and the pool are recomputed, both norm backwards
+    run as autograd's own kernels, and the pool's adjoint is the pool itself (the 3-tap average with
+    zero padding is a symmetric operator).
+    """
+
+    @staticmethod
+    def forward(ctx, y, scale, shift, w1, b1, w2, b2, norms, tdim, frames):
+        u = _affine(y, scale, shift)
+        if frames is not None:
+            u = u.unsqueeze(2)  # (B*T, C, 1, H, W): a BatchNorm3d over it has the statistics of the video's
+        z1, s11, s12 = _norm_forward(norms[0], u, w1, b1)
+        z2, s21, s22 = _norm_forward(norms[1], _pool_of(u, tdim, frames), w2, b2)
+        ctx.save_for_backward(y, scale, shift, w1, b1, w2, b2, s11, s12, s21, s22)
+        ctx.norms, ctx.tdim, ctx.frames = norms, tdim, frames
+        if frames is None:
+            return z1.add_(z2)
+        return torch.add(z1.squeeze(2), z2.squeeze(2))  # a new tensor (an output may not be a view)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gz):
+        y, scale, shift, w1, b1, w2, b2, s11, s12, s21, s22 = ctx.saved_tensors
+        need_y, need_scale, need_shift, nw1, nb1, nw2, nb2 = ctx.needs_input_grad[:7]
+        tdim, frames = ctx.tdim, ctx.frames
+        u = _affine(y, scale, shift)
+        if frames is not None:
+            u, gz = u.unsqueeze(2), gz.unsqueeze(2)
+        gu, gw1, gb1 = _norm_backward(ctx.norms[0], gz, u, s11, s12, w1, b1, [True, nw1, nb1])
+        gp, gw2, gb2 = _norm_backward(ctx.norms[1], gz, _pool_of(u, tdim, frames), s21, s22, w2, b2, [True, nw2, nb2])
+        del u
+        gu = gu.add_(_pool_of(gp, tdim, frames))  # the pool is self-adjoint
+        del gp
+        if frames is not None:
+            gu = gu.squeeze(2)
+        gy = gscale = gshift = None
+        if need_scale:
+            gscale = (gu * y).sum_to_size(scale.shape)
+        if need_shift:
+            gshift = gu.sum_to_size(shift.shape)
+        if need_y:
+            gy = gu if scale is None else gu * scale
+        return gy, gscale, gshift, gw1, gb1, gw2, gb2, None, None, None

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
-__all__ = ["tada_conv2d", "auto_impl", "AUTO_GROUPED_RATIO", "CAL_DIMS", "IMPLS", "frames_to_batch", "batch_to_frames"]
+__all__ = ["tada_conv2d", "tada_conv2d_split", "auto_impl", "AUTO_GROUPED_RATIO", "CAL_DIMS", "IMPLS", "frames_to_batch", "batch_to_frames"]
 
 CAL_DIMS = ("cin", "cout", "cin_cout", "k2")
 IMPLS = ("auto", "fast", "grouped")
@@ -179,11 +179,50 @@ def tada_conv2d(
     return _grouped(x, weight, bias, a_in, a_out, a_k2, beta, stride, padding, dilation, groups)
 
 
+def tada_conv2d_split(
+    x: Tensor,
+    weight: Tensor,
+    alpha: Alpha,
+    bias: Optional[Tensor] = None,
+    *,
+    stride: _IntOr2 = 1,
+    padding: Union[_IntOr2, str] = 0,
+    dilation: _IntOr2 = 1,
+    groups: int = 1,
+    cal_dim: str = "cin",
+    bias_alpha: Optional[Tensor] = None,
+    impl: str = "auto",
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """:func:`tada_conv2d` as ``(y, scale, shift)`` with the result ``y * scale + shift``, for the
+    layer after it to apply (e.g. inside its own pass: :class:`~tada.nn.TemporalAggregation`).
+
+    With ``cal_dim="cout"`` on the fast path, ``y`` is the plain convolution of every frame (stored
+    frame-major), ``scale`` the calibration ``(B, C_out, T, 1, 1)`` and ``shift`` the (calibrated) bias
+    ``(1 or B, C_out, 1 or T, 1, 1)``, or None; otherwise ``(tada_conv2d(...), None, None)``. Same
+    arguments and checks as :func:`tada_conv2d`.
+    """
+    a_in, a_out, a_k2, beta = _check(x, weight, alpha, bias, groups, cal_dim, bias_alpha, impl)
+    if impl == "auto":
+        impl = auto_impl(cal_dim, x.shape, weight.shape, groups, x.device.type)
+    if cal_dim != "cout" or impl != "fast":
+        if impl == "fast":
+            return _fast(x, weight, bias, a_in, a_out, beta, stride, padding, dilation, groups), None, None
+        return _grouped(x, weight, bias, a_in, a_out, a_k2, beta, stride, padding, dilation, groups), None, None
+    b, _, t = x.shape[:3]
+    y = batch_to_frames(F.conv2d(frames_to_batch(x), weight, None, stride, padding, dilation, groups), b, t)
+    shift = None
+    if bias is not None:
+        shift = bias[None, :, None, None, None]
+        if beta is not None:
+            shift = shift * beta[..., None, None]
+    return y, a_out[..., None, None], shift
+
+
 class _ScaledInputConv(torch.autograd.Function):
     """``conv2d(x * a, W, bias)`` on the frame batch (``x`` ``(N, C, H, W)``, ``a`` ``(N, C)``).
 
     Saves ``x``, ``a`` and ``W`` (not the scaled input) and recomputes ``x * a`` in backward:
-    ``grad x = a * grad(xa)``, ``grad a = sum_hw x * grad(xa)`` (one batched dot product).
+    ``grad x = a * grad(xa)``, ``grad a = sum_hw x * grad(xa)`` (one fused dot product per frame and channel).
     """
 
     @staticmethod
@@ -208,9 +247,9 @@ class _ScaledInputConv(torch.autograd.Function):
         del xa
         gx = ga = None
         if need_a:
-            n, c = a.shape
-            k = x.shape[2] * x.shape[3]
-            ga = torch.bmm(gxa.reshape(n * c, 1, k), x.to(gxa.dtype).reshape(n * c, k, 1)).view(n, c).to(a.dtype)
+            # one fused dot product per (frame, channel); 2-4x faster than a bmm of (1, k) x (k, 1)
+            # rows at 28²-112² on the CPU
+            ga = torch.linalg.vecdot(gxa.flatten(2), x.to(gxa.dtype).flatten(2)).to(a.dtype)
         if need_x:
             gx = (gxa * a[:, :, None, None].to(gxa.dtype)).to(x.dtype)
         gw = gw.to(weight.dtype) if need_w else None
