@@ -58,3 +58,68 @@ def peak_memory_growth(fn, device: torch.device) -> int:
     base = proc_status_kb("VmRSS")
     fn()
     return (proc_status_kb("VmHWM") - base) * 1024
+
+
+def peak_tensor_bytes(fn, keep=()) -> int:
+    """Peak bytes of tensor storage that ``fn()`` holds at once beyond what already exists: the CPU
+    counterpart of CUDA's ``max_memory_allocated`` growth, independent of the C allocator's caching
+    and fragmentation (which the peak-RSS measure includes).
+
+    Every tensor an operator returns while ``fn`` runs (forward, backward and optimiser ops alike; a
+    :class:`~torch.utils._python_dispatch.TorchDispatchMode` sees them all) is counted by its storage,
+    once however many views share it, until the last tensor on that storage is freed. Storages of the
+    tensors in ``keep`` (e.g. the parameters, their gradients, buffers, optimiser state and the input:
+    ``iter_tensors(model, optimizer, x)``) existed before and are not counted when an op returns a view
+    of them; they must outlive ``fn`` (not gradients that ``fn`` frees: their addresses are reused).
+    """
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    excluded = {t.untyped_storage().data_ptr() for t in keep}
+
+    class _Live(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.refs, self.size, self.live, self.peak = {}, {}, 0, 0
+
+        def _drop(self, ptr):
+            self.refs[ptr] -= 1
+            if not self.refs[ptr]:
+                del self.refs[ptr]
+                self.live -= self.size.pop(ptr)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+                    continue
+                storage = t.untyped_storage()
+                ptr = storage.data_ptr()
+                if not ptr or ptr in excluded:
+                    continue
+                if ptr not in self.refs:
+                    self.refs[ptr], self.size[ptr] = 0, storage.nbytes()
+                    self.live += storage.nbytes()
+                self.refs[ptr] += 1
+                weakref.finalize(t, self._drop, ptr)
+            self.peak = max(self.peak, self.live)
+            return out
+
+    with _Live() as live:
+        fn()
+    return live.peak
+
+
+def iter_tensors(*objs):
+    """The lasting tensors of modules (parameters, buffers), optimisers (state) and plain tensors."""
+    for o in objs:
+        if isinstance(o, torch.Tensor):
+            yield o
+        elif isinstance(o, torch.nn.Module):
+            yield from o.parameters()
+            yield from o.buffers()
+        elif isinstance(o, torch.optim.Optimizer):
+            for state in o.state.values():
+                yield from (v for v in state.values() if isinstance(v, torch.Tensor))

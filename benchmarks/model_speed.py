@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from _common import machine_info, peak_memory_growth, sync
+from _common import iter_tensors, machine_info, peak_memory_growth, peak_tensor_bytes, sync
 from tada import create_model
 from tada.nn import TAdaConv2d
 
@@ -141,7 +141,12 @@ def memory_worker(run: dict, device: str, dtype: str, batch: int):
     infer = peak_memory_growth(b.infer, dev)
     b.train_step()
     train = peak_memory_growth(b.train_step, dev)
-    return {"infer_peak": infer, "train_peak": train}
+    out = {"infer_peak": infer, "train_peak": train}
+    if dev.type == "cpu":  # the tensors' own peak (CUDA's measure above is that already)
+        keep = lambda: list(iter_tensors(b.model, b.opt, b.x, b.y))  # noqa: E731
+        out["infer_tensor_peak"] = peak_tensor_bytes(b.infer, keep())
+        out["train_tensor_peak"] = peak_tensor_bytes(b.train_step, keep())
+    return out
 
 
 _KINDS = (("TAdaConv", "tadaconv"), ("routing", "routing"), ("T-Pool", "tpool"), ("block", "block"))
@@ -286,6 +291,11 @@ def main(argv=None):
             row["infer_peak_mib"] = [mt["infer_peak"] / 2**20, mb["infer_peak"] / 2**20]
             row["train_peak_ratio"] = mt["train_peak"] / mb["train_peak"]
             row["infer_peak_ratio"] = mt["infer_peak"] / mb["infer_peak"]
+            if "train_tensor_peak" in mt:
+                row["train_tensor_mib"] = [mt["train_tensor_peak"] / 2**20, mb["train_tensor_peak"] / 2**20]
+                row["infer_tensor_mib"] = [mt["infer_tensor_peak"] / 2**20, mb["infer_tensor_peak"] / 2**20]
+                row["train_tensor_ratio"] = mt["train_tensor_peak"] / mb["train_tensor_peak"]
+                row["infer_tensor_ratio"] = mt["infer_tensor_peak"] / mb["infer_tensor_peak"]
         rows.append(row)
 
     profiles = {}
@@ -308,6 +318,16 @@ def main(argv=None):
               f"| {r['infer_ms'][0]:.0f} / {r['infer_ms'][1]:.0f} "
               f"| {r['infer_ratio']:.2f} | {r['train_step_ms'][0]:.0f} / {r['train_step_ms'][1]:.0f} "
               f"| {r['train_step_ratio']:.2f} | {memcols} |")
+    tensor_rows = [r for r in rows if "train_tensor_ratio" in r]
+    if tensor_rows:
+        print("\nTensor memory (CPU; the peak of live tensor storage, as CUDA's max_memory_allocated counts it, "
+              "without the C allocator's caching and fragmentation that peak RSS includes):\n")
+        print("| TAda | baseline | train tensor peak MiB (TAda / base) | ratio | inference tensor peak MiB | ratio |")
+        print("|---|---|---|---|---|---|")
+        for r in tensor_rows:
+            print(f"| {r['tada']} | {r['baseline']} | {r['train_tensor_mib'][0]:.0f} / {r['train_tensor_mib'][1]:.0f} "
+                  f"| {r['train_tensor_ratio']:.3f} | {r['infer_tensor_mib'][0]:.0f} / {r['infer_tensor_mib'][1]:.0f} "
+                  f"| {r['infer_tensor_ratio']:.3f} |")
     print("\nTargets: TAda/baseline time <= the time target (1.10, or 1.05 x the FLOP ratio where the TAda "
           "blocks add FLOPs), memory <= 1.15 (plug-in backbones: <= 1.15 time, <= 1.2 memory).")
     if args.json:

@@ -128,8 +128,8 @@ class TAdaBlock(nn.Module):
     ``reduction`` (and V2 ``head_dim``) and ``zero_init=False`` with ``routing_kwargs`` on top; a
     calibration generator gets ``routing_kwargs`` alone.
 
-    ``forward(x, batch, grid)``: ``x`` ``(B*T, N, D)`` patch tokens (no CLS), ``grid = (T, gh, gw)``
-    with ``N = gh * gw``; returns ``(B*T, N, D)``.
+    ``forward(x, batch, grid)``: ``x`` ``(B*T, N, D)`` patch tokens (no CLS; with ``cls_first=True``
+    ``(B*T, 1 + N, D)``, CLS first), ``grid = (T, gh, gw)`` with ``N = gh * gw``; returns ``(B*T, N, D)``.
     """
 
     def __init__(self, dim: int, *, temp_enhance: bool = False, head_dim: int = 64, reduction: int = 2,
@@ -154,14 +154,23 @@ class TAdaBlock(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x: Tensor, batch: int, grid: Tuple[int, int, int]) -> Tensor:
+    def forward(self, x: Tensor, batch: int, grid: Tuple[int, int, int], *, cls_first: bool = False) -> Tensor:
+        """``cls_first=True``: ``x`` is ``(B*T, 1 + N, D)`` with the CLS token first, which the branch
+        skips (the linear ``pre_proj`` then runs on all tokens, so the contiguous ``x`` needs no copy, and
+        the CLS row of its output is dropped)."""
         t, gh, gw = grid
         n, length, d = x.shape
-        x = x.reshape(batch, t, gh, gw, d)
-        if self.temp_enhance:
-            y = self.pre_proj(x.permute(0, 4, 1, 2, 3))  # (B, C, T, gh, gw)
+        if cls_first and not self.temp_enhance:
+            y = self.pre_proj(x)[:, 1:].reshape(batch, t, gh, gw, self.channels).permute(0, 4, 1, 2, 3)
+            length -= 1
         else:
-            y = self.pre_proj(x).permute(0, 4, 1, 2, 3)
+            if cls_first:
+                x, length = x[:, 1:], length - 1
+            x = x.reshape(batch, t, gh, gw, d)
+            if self.temp_enhance:
+                y = self.pre_proj(x.permute(0, 4, 1, 2, 3))  # (B, C, T, gh, gw)
+            else:
+                y = self.pre_proj(x).permute(0, 4, 1, 2, 3)
         if self.tpool.fuses(y):  # the calibration's multiply runs inside T-Pool's fused pass
             y = self.act(self.tpool(*self.conv(y, split=True)))  # (B, C, T, gh, gw)
         else:
@@ -214,8 +223,9 @@ class VideoViTBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def _tada(self, branch: TAdaBlock, x: Tensor, batch: int, grid) -> Tensor:
-        y = self.drop_path(branch(x[:, 1:], batch, grid), batch)
-        return torch.cat([x[:, :1], x[:, 1:] + y], dim=1)  # the CLS token gets 0
+        y = self.drop_path(branch(x, batch, grid, cls_first=True), batch)
+        # the CLS token gets 0 (a zero row: the backward then hands x the whole gradient, no slices)
+        return x + F.pad(y, (0, 0, 1, 0))
 
     def forward(self, x: Tensor, batch: int, grid: Tuple[int, int, int]) -> Tensor:
         """``x``: ``(B*T, 1 + gh*gw, D)`` tokens (CLS first) of ``batch`` videos; ``grid = (T, gh, gw)``."""
