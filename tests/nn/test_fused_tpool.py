@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from tada import create_model
 from tada.models.builders import aggregate_frame_major
 from tada.nn import TAdaConv2d, TemporalAggregation, tada_conv2d, temporal_pool
-from tada.nn.aggregation import _FusedTPool, _avg3
 from tada.nn.functional import frames_to_batch, tada_conv2d_split
 
 F64 = dict(dtype=torch.float64)
@@ -158,13 +157,24 @@ def test_fused_tpool_keeps_only_its_input_for_backward():
     assert len(saved) >= 3  # y, y*scale+shift, the pooled tensor
 
 
-def test_avg3_is_temporal_pool_bitwise():
+@pytest.mark.parametrize("frames", [1, 2, 3, 8])
+def test_avg_pool_in_every_layout_is_avg_pool3d_with_the_padding_counted(frames):
+    """The band-matrix product equals ``avg_pool3d`` over zero-padded frames, for contiguous,
+    frame-major, channels-last and gapped (strided) memory, keeping the input's layout, and so does its
+    gradient (the transposed product)."""
     g = torch.Generator().manual_seed(4)
-    for t in (1, 2, 3, 7):
-        y = torch.randn(2, 3, t, 4, 5, generator=g)
-        assert torch.equal(_avg3(y, 2), temporal_pool(y, "avg"))
-        ycl = y.permute(0, 2, 3, 4, 1).contiguous()
-        assert torch.equal(_avg3(ycl, 1), temporal_pool(ycl, "avg", dim=1))
+    y = torch.randn(2, 3, frames, 4, 6, generator=g, **F64)
+    ref = F.avg_pool3d(F.pad(y, (0, 0, 0, 0, 1, 1)), (3, 1, 1), stride=1)
+    layouts = [y, y.transpose(1, 2).contiguous().transpose(1, 2), y.permute(0, 2, 3, 4, 1).contiguous().permute(0, 4, 1, 2, 3)]
+    for v in layouts:
+        out = temporal_pool(v)
+        assert out.stride() == v.stride()
+        torch.testing.assert_close(out, ref, rtol=1e-14, atol=1e-14)
+    gapped = y[..., ::2]
+    torch.testing.assert_close(temporal_pool(gapped), ref[..., ::2], rtol=1e-14, atol=1e-14)
+    cl = y.permute(0, 2, 3, 4, 1).contiguous()
+    torch.testing.assert_close(temporal_pool(cl, dim=1), ref.permute(0, 2, 3, 4, 1), rtol=1e-14, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda t: temporal_pool(t), (layouts[2].clone().requires_grad_(),), fast_mode=True)
 
 
 def test_fused_path_steps_aside():

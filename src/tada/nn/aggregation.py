@@ -6,6 +6,7 @@ trained), and ``Norm2`` zero-initialised so ``z == Norm1(y)`` at init.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -25,24 +26,48 @@ def temporal_pool(y: Tensor, pool: str = "avg", dim: int = 2) -> Tensor:
     """Pool ``(B, C, T, H, W)`` over a window of 3 frames, stride 1, padding 1 (T is kept, any T >= 1).
 
     ``avg`` counts the zero padding (boundary frames are averaged with a zero); ``max`` ignores it;
-    ``mix`` is their sum. Written with pad + slices rather than ``avg_pool3d``, which rejects T < 3,
-    and which would also copy a frame-major input to a contiguous one. ``dim``: the time dimension
-    (``1`` for a channels-last ``(B, T, H, W, C)``); the output keeps ``y``'s layout.
+    ``mix`` is their sum. ``dim``: the time dimension (``1`` for a channels-last ``(B, T, H, W, C)``);
+    the output keeps ``y``'s layout.
+
+    ``avg`` is one matrix product with the ``T x T`` band matrix of thirds over ``y``'s memory (viewed
+    ``(P, T, Q)``, whatever its layout), a single pass where ``avg_pool3d`` (which also rejects T < 3
+    and copies a frame-major input to a contiguous one) or pad + slices take four; its backward is one
+    more product (the matrix is symmetric). The sums agree with ``(y[t-1] + y[t] + y[t+1]) / 3`` to
+    rounding. ``max`` runs on pad + slices.
     """
     if pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}; expected one of {POOLS}")
-    pad = (0, 0) * (y.dim() - 1 - dim) + (1, 1)
-    t = y.shape[dim]
-    window = lambda p: (p.narrow(dim, 0, t), p.narrow(dim, 1, t), p.narrow(dim, 2, t))  # noqa: E731
     out = None
     if pool in ("avg", "mix"):
-        prev, cur, nxt = window(F.pad(y, pad))
-        out = (prev + cur + nxt) / 3.0
+        out = _avg_pool(y, dim)
     if pool in ("max", "mix"):
-        prev, cur, nxt = window(F.pad(y, pad, value=float("-inf")))
-        m = torch.maximum(torch.maximum(prev, cur), nxt)
+        pad = (0, 0) * (y.dim() - 1 - dim) + (1, 1)
+        t = y.shape[dim]
+        p = F.pad(y, pad, value=float("-inf"))
+        m = torch.maximum(torch.maximum(p.narrow(dim, 0, t), p.narrow(dim, 1, t)), p.narrow(dim, 2, t))
         out = m if out is None else out + m
     return out
+
+
+def _band(t: int, like: Tensor) -> Tensor:
+    """The ``T x T`` matrix of the 3-frame average with zero padding: ``1/3`` on the three central diagonals."""
+    return torch.ones(t, t, dtype=like.dtype, device=like.device).triu(-1).tril(1).div_(3.0)
+
+
+def _avg_pool(y: Tensor, dim: int) -> Tensor:
+    dim = dim % y.dim()
+    order = sorted(range(y.dim()), key=lambda d: (-y.stride(d), -y.shape[d]))  # y's dims in memory order
+    ym = y.permute(order)
+    # pad + slices for overlapping or gapped memory, and on the meta device, where the FLOP counter runs
+    # (the pool is a 3-tap elementwise average, which it does not count; the product would be T MACs/element)
+    if not ym.is_contiguous() or y.device.type == "meta":
+        t = y.shape[dim]
+        p = F.pad(y, (0, 0) * (y.dim() - 1 - dim) + (1, 1))
+        return (p.narrow(dim, 0, t) + p.narrow(dim, 1, t) + p.narrow(dim, 2, t)) / 3.0
+    k = order.index(dim)
+    t = y.shape[dim]
+    out = torch.matmul(_band(t, y), ym.reshape(math.prod(ym.shape[:k]), t, -1))
+    return out.view(ym.shape).permute([order.index(d) for d in range(y.dim())])
 
 
 class ChannelNorm(nn.LayerNorm):
@@ -176,21 +201,6 @@ class TemporalAggregation(nn.Module):
 
 
 
-def _avg3(y: Tensor, dim: int) -> Tensor:
-    """``temporal_pool(y, "avg", dim)`` without autograd: the same sums in the same order
-    (``(y[t-1] + y[t]) + y[t+1]``, then ``/ 3``; the zero padding's terms are the ones left out), written
-    into one new tensor instead of a padded copy, two sums and a quotient."""
-    t = y.shape[dim]
-    out = torch.empty_like(y)
-    if t == 1:
-        out.copy_(y)
-    else:
-        torch.add(y.narrow(dim, 0, t - 1), y.narrow(dim, 1, t - 1), out=out.narrow(dim, 1, t - 1))
-        out.narrow(dim, 0, 1).copy_(y.narrow(dim, 0, 1))
-        out.narrow(dim, 0, t - 1).add_(y.narrow(dim, 1, t - 1))
-    return out.div_(3.0)
-
-
 def _affine(y: Tensor, scale: Optional[Tensor], shift: Optional[Tensor]) -> Tensor:
     """``y * scale + shift`` with either part optional (one ``addcmul`` for both, as the fast TAdaConv)."""
     if scale is None:
@@ -229,9 +239,9 @@ def _pool_of(u: Tensor, tdim: int, frames: Optional[int]) -> Tensor:
     """The average pool of T-Pool's (normalised-layout) input ``u``: over ``tdim``, or for the frame
     batch ``u`` ``(B*T, C, 1, H, W)`` over the frames of each video (a ``(B, 1, T, C, H*W)`` view)."""
     if frames is None:
-        return _avg3(u, tdim)
+        return _avg_pool(u, tdim)
     n, c, _, h, w = u.shape
-    return _avg3(u.reshape(n // frames, 1, frames, c, h * w), 2).view(n, c, 1, h, w)
+    return _avg_pool(u.reshape(n // frames, 1, frames, c, h * w), 2).view(n, c, 1, h, w)
 
 
 def _norm_forward(spec, x: Tensor, w: Tensor, b: Tensor):

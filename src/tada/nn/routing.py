@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["RouteFuncMLP", "RouteFuncAttn", "quick_gelu", "QuickGELU"]
 
@@ -94,15 +95,53 @@ class _Heads(nn.Module):
 
 
 def _descriptor(x: Tensor) -> Tensor:
-    """Per-frame spatial means ``(B, C, T)``. A ``(B, C, T, H, W)`` view of channels-last memory (a
-    ConvNeXt block's ``(B, T, H, W, C)``) is reduced in its own layout: ``mean(dim=(3, 4))`` on that
-    view is ~30x slower on the CPU (strided reduction), for the same values up to rounding."""
+    """Per-frame spatial means ``(B, C, T)``, reduced in ``x``'s own memory layout (see
+    :class:`_SpatialMean`)."""
     if x.dim() != 5:
         raise ValueError(f"routing input must be (B, C, T, H, W), got shape {tuple(x.shape)}")
-    cl = x.permute(0, 2, 3, 4, 1)
-    if cl.is_contiguous() and not x.is_contiguous():
-        return cl.mean(dim=(2, 3)).transpose(1, 2)
+    if x.requires_grad and torch.is_grad_enabled() and not (torch.jit.is_tracing() or torch.compiler.is_compiling()
+                                                             or torch.compiler.is_exporting()):
+        return _SpatialMean.apply(x)
+    return _spatial_mean(x)
+
+
+def _channels_last_view(x: Tensor) -> bool:
+    """``x`` ``(B, C, T, H, W)`` is a view of channels-last ``(B, T, H, W, C)`` memory (a ConvNeXt block's)."""
+    return x.permute(0, 2, 3, 4, 1).is_contiguous() and not x.is_contiguous()
+
+
+def _spatial_mean(x: Tensor) -> Tensor:
+    # on a channels-last view, mean(dim=(3, 4)) is ~30x slower on the CPU (a strided reduction) than the
+    # same reduction in the memory's own order, for the same values up to rounding
+    if _channels_last_view(x):
+        return x.permute(0, 2, 3, 4, 1).mean(dim=(2, 3)).transpose(1, 2)
     return x.mean(dim=(3, 4))  # (B, C, T)
+
+
+class _SpatialMean(torch.autograd.Function):
+    """``x.mean(dim=(3, 4))`` whose gradient is laid out like ``x``.
+
+    Autograd's own gradient of the mean is the ``(B, C, T)`` gradient broadcast over (H, W) in
+    ``(B, C, T)`` order; added into the gradient of a channels-last ``x`` (where it meets the
+    convolution's and the residual's), channels are then not the innermost stride and the add runs
+    strided, ~4x slower than a vectorised pass (stage 1 of TAdaConvNeXtV2-T: most of the routing's
+    backward). Here the small gradient is divided by H*W and stored in ``x``'s channel order first, then
+    broadcast: the same values, a vectorised add.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape, ctx.cl = x.shape, _channels_last_view(x)
+        return _spatial_mean(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        b, c, t, h, w = ctx.shape
+        g = g / (h * w)
+        if ctx.cl:  # (B, T, 1, 1, C) memory, broadcast, viewed as (B, C, T, H, W)
+            return g.transpose(1, 2).contiguous()[:, :, None, None, :].expand(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+        return g[..., None, None].expand(b, c, t, h, w)
 
 
 class RouteFuncMLP(nn.Module):
