@@ -18,7 +18,11 @@ of both models: the time in each kind of module (blocks, TAdaConvs, routing, T-P
 SlowFast 4x16 and 8x8 on 32 frames, R(2+1)D with TAda on the 2D conv and on 2D + 1D convs, R3D with
 TAdaConv3d, each against its plain backbone) at ``--size`` (default 112 on the CPU: 3D R50s at 224²
 take minutes per training step on two cores). Training step = forward, cross-entropy, backward, SGD step. Peak memory of one
-training step (after a warm-up step) and one inference is measured in a fresh process per model.
+training step (after a warm-up step) and one inference is measured in a fresh process per model, as the
+growth of peak RSS and, on the CPU, also as the peak of live tensor storage (``_common.peak_tensor_bytes``:
+what CUDA's ``max_memory_allocated`` counts, without glibc's caching and fragmentation).
+``--tuned-allocator`` times with ``tada.utils.tune_cpu_allocator()`` (no page faults on fresh
+activations, which otherwise add run-to-run noise and cost that grows with the number of allocations).
 
     python benchmarks/model_speed.py [--json results/model_speed.json] [--device cuda --dtype bfloat16 --batch 8]
 """
@@ -247,6 +251,9 @@ def main(argv=None):
     p.add_argument("--only", default=None, metavar="SUBSTRING",
                    help="measure only the pairs whose TAda model's name contains this (e.g. tada_r3d_r50)")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--tuned-allocator", action="store_true",
+                   help="CPU: time with tada.utils.tune_cpu_allocator() (glibc keeps freed blocks: no page faults "
+                        "on fresh activations); the memory runs keep the default allocator")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -269,6 +276,10 @@ def main(argv=None):
                 mem[r] = pool.submit(memory_worker, asdict(r), args.device, args.dtype, args.batch).result()
                 print(f"  memory {r.label}: {mem[r]['train_peak'] / 2**20:.0f} MiB", file=sys.stderr, flush=True)
 
+    if args.tuned_allocator and device.type == "cpu":
+        from tada.utils import tune_cpu_allocator
+
+        print(f"  tuned allocator: {tune_cpu_allocator()}", file=sys.stderr, flush=True)
     times = time_all(runs, device, dtype, args.batch, args.repeats, args.warmup)
 
     from tada.models.flops import profile as flop_profile
@@ -334,6 +345,7 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"machine": info, "dtype": args.dtype, "batch": args.batch, "repeats": args.repeats,
+                       "tuned_allocator": bool(args.tuned_allocator),
                        "rows": rows, "profiles": {r.label: v for r, v in profiles.items()}}, f, indent=1)
         print(f"wrote {args.json}")
     return 0
