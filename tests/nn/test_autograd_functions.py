@@ -87,3 +87,38 @@ def test_cin_conv3d_gradcheck(geometry):
     bias = torch.randn(c_out, generator=g, **kw).requires_grad_()
     geom = (kt, st, pt, dt, t_out, (1, 1), (1, 1), (1, 1), 1)
     assert torch.autograd.gradcheck(lambda *z: _CinConv.apply(*z, geom), (x, a, w, bias), fast_mode=True)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "frame_major", "channels_last"])
+def test_spatial_mean_gradcheck_and_equals_the_composition(layout):
+    """The routing descriptor's mean (``_SpatialMean``): autograd's mean in value and gradient, with the
+    gradient laid out like the input (channels innermost for a channels-last view)."""
+    from tada.nn.routing import _SpatialMean
+
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(2, 5, 4, 3, 6, generator=g, dtype=torch.float64)  # (B, C, T, H, W)
+    x = {"contiguous": base, "frame_major": base.transpose(1, 2).contiguous().transpose(1, 2),
+         "channels_last": base.permute(0, 2, 3, 4, 1).contiguous().permute(0, 4, 1, 2, 3)}[layout].requires_grad_()
+    assert torch.autograd.gradcheck(_SpatialMean.apply, (x,), fast_mode=True)
+    out, ref = _SpatialMean.apply(x), x.mean(dim=(3, 4))
+    torch.testing.assert_close(out, ref, rtol=1e-14, atol=1e-14)
+    gv = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    got, = torch.autograd.grad(out, x, gv)
+    want, = torch.autograd.grad(ref, x, gv)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    if layout == "channels_last":
+        assert got.stride(1) == 1  # channels innermost, like x
+
+
+def test_lean_quick_gelu_gradcheck_and_equals_the_composition():
+    from tada.nn.routing import QuickGELU, _QuickGELU, quick_gelu
+
+    g = torch.Generator().manual_seed(4)
+    x = (3 * torch.randn(4, 7, 5, generator=g, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(_QuickGELU.apply, (x,), fast_mode=True)
+    out, ref = QuickGELU(lean=True)(x), quick_gelu(x)
+    assert out.grad_fn.name().startswith("_QuickGELU") and torch.equal(out, ref)
+    assert [t.data_ptr() for t in out.grad_fn.saved_tensors] == [x.data_ptr()]  # nothing else kept
+    gy = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(out, x, gy)[0], torch.autograd.grad(ref, x, gy)[0],
+                               rtol=1e-12, atol=1e-12)

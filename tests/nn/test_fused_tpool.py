@@ -256,3 +256,20 @@ def _count_fused(fn) -> int:
         n += f.name().startswith("_FusedTPool")
         stack.extend(g for g, _ in f.next_functions)
     return n
+
+
+@pytest.mark.parametrize("layout,norm", [("cl", "ln"), ("bcthw", "bn")])
+def test_fused_tpool_on_a_one_pixel_map(layout, norm):
+    """On a 1x1 map the per-frame shift has the shape of the input: its gradient must not alias the
+    input's (which the backward scales in place)."""
+    g = torch.Generator().manual_seed(8)
+    shape = (2, 3, 1, 1, 6) if layout == "cl" else (2, 6, 3, 1, 1)
+    y = torch.randn(*shape, generator=g, **F64).requires_grad_()
+    scale = (1 + 0.3 * torch.randn(*shape, generator=g, **F64)).requires_grad_()
+    shift = torch.randn(*shape, generator=g, **F64).requires_grad_()
+    agg = _agg(norm)
+    ref = copy.deepcopy(agg)
+    out, expect = _run(agg, y, scale, shift, layout), _plain(ref, y, scale, shift, layout)
+    gz = torch.randn(out.shape, generator=g, **F64)
+    for a, b in zip(torch.autograd.grad(out, (y, scale, shift), gz), torch.autograd.grad(expect, (y, scale, shift), gz)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -149,7 +149,7 @@ class TAdaBlock(nn.Module):
             routing=routing, routing_kwargs=_branch_routing_kwargs(routing, reduction, head_dim, routing_kwargs),
         )
         self.tpool = TemporalAggregation(c, norm="bn")
-        self.act = QuickGELU()
+        self.act = QuickGELU(lean=True)  # the branch's own activation keeps only its input for backward
         self.proj = nn.Linear(c, dim)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)

@@ -54,20 +54,30 @@ def _band(t: int, like: Tensor) -> Tensor:
     return torch.ones(t, t, dtype=like.dtype, device=like.device).triu(-1).tril(1).div_(3.0)
 
 
-def _avg_pool(y: Tensor, dim: int) -> Tensor:
+def _avg_pool(y: Tensor, dim: int, add_to: Optional[Tensor] = None) -> Tensor:
+    """The 3-frame average of ``y`` over ``dim``; with ``add_to`` (laid out like ``y``, not needing
+    a gradient) it is added into that tensor in place (one ``addmm_``/``baddbmm_``, no new tensor)."""
     dim = dim % y.dim()
     order = sorted(range(y.dim()), key=lambda d: (-y.stride(d), -y.shape[d]))  # y's dims in memory order
     ym = y.permute(order)
     # pad + slices for overlapping or gapped memory, and on the meta device, where the FLOP counter runs
     # (the pool is a 3-tap elementwise average, which it does not count; the product would be T MACs/element)
-    if not ym.is_contiguous() or y.device.type == "meta":
+    if not ym.is_contiguous() or y.device.type == "meta" or (add_to is not None and add_to.stride() != y.stride()):
         t = y.shape[dim]
         p = F.pad(y, (0, 0) * (y.dim() - 1 - dim) + (1, 1))
-        return (p.narrow(dim, 0, t) + p.narrow(dim, 1, t) + p.narrow(dim, 2, t)) / 3.0
+        out = (p.narrow(dim, 0, t) + p.narrow(dim, 1, t) + p.narrow(dim, 2, t)) / 3.0
+        return out if add_to is None else add_to.add_(out)
     k = order.index(dim)
     t = y.shape[dim]
-    out = torch.matmul(_band(t, y), ym.reshape(math.prod(ym.shape[:k]), t, -1))
-    return out.view(ym.shape).permute([order.index(d) for d in range(y.dim())])
+    band, ym3 = _band(t, y), ym.reshape(math.prod(ym.shape[:k]), t, -1)
+    if add_to is not None:
+        acc = add_to.permute(order).view(ym3.shape)
+        if acc.shape[0] == 1:
+            acc[0].addmm_(band, ym3[0])
+        else:
+            acc.baddbmm_(band.expand(acc.shape[0], t, t), ym3)
+        return add_to
+    return torch.matmul(band, ym3).view(ym.shape).permute([order.index(d) for d in range(y.dim())])
 
 
 class ChannelNorm(nn.LayerNorm):
@@ -235,13 +245,16 @@ def fused_tpool(agg: TemporalAggregation, y: Tensor, scale, shift, channels_last
     return _FusedTPool.apply(y, scale, shift, n1.weight, n1.bias, n2.weight, n2.bias, norms, tdim, frames)
 
 
-def _pool_of(u: Tensor, tdim: int, frames: Optional[int]) -> Tensor:
+def _pool_of(u: Tensor, tdim: int, frames: Optional[int], add_to: Optional[Tensor] = None) -> Tensor:
     """The average pool of T-Pool's (normalised-layout) input ``u``: over ``tdim``, or for the frame
-    batch ``u`` ``(B*T, C, 1, H, W)`` over the frames of each video (a ``(B, 1, T, C, H*W)`` view)."""
+    batch ``u`` ``(B*T, C, 1, H, W)`` over the frames of each video (a ``(B, 1, T, C, H*W)`` view);
+    ``add_to``: added into that tensor in place (see :func:`_avg_pool`)."""
     if frames is None:
-        return _avg_pool(u, tdim)
+        return _avg_pool(u, tdim, add_to)
     n, c, _, h, w = u.shape
-    return _avg_pool(u.reshape(n // frames, 1, frames, c, h * w), 2).view(n, c, 1, h, w)
+    video = lambda v: v.reshape(n // frames, 1, frames, c, h * w)  # noqa: E731
+    out = _avg_pool(video(u), 2, None if add_to is None else video(add_to))
+    return out.view(n, c, 1, h, w) if add_to is None else add_to
 
 
 def _norm_forward(spec, x: Tensor, w: Tensor, b: Tensor):
@@ -295,16 +308,22 @@ class _FusedTPool(torch.autograd.Function):
             u, gz = u.unsqueeze(2), gz.unsqueeze(2)
         gu, gw1, gb1 = _norm_backward(ctx.norms[0], gz, u, s11, s12, w1, b1, [True, nw1, nb1])
         gp, gw2, gb2 = _norm_backward(ctx.norms[1], gz, _pool_of(u, tdim, frames), s21, s22, w2, b2, [True, nw2, nb2])
-        del u
-        gu = gu.add_(_pool_of(gp, tdim, frames))  # the pool is self-adjoint
+        _pool_of(gp, tdim, frames, add_to=gu)  # the pool is self-adjoint: gu += pool(gp), in place
         del gp
         if frames is not None:
-            gu = gu.squeeze(2)
+            gu, u = gu.squeeze(2), u.squeeze(2)
+        # few new tensors (each a page-faulted allocation with glibc's default malloc): gu * y goes into u's
+        # buffer (u is y itself only when there is no scale), and gy is gu scaled in place
         gy = gscale = gshift = None
         if need_scale:
-            gscale = (gu * y).sum_to_size(scale.shape)
+            prod = torch.mul(gu, y, out=u) if u is not y and u.stride() == gu.stride() else gu * y
+            gscale = prod.sum_to_size(scale.shape)
+            del prod
+        del u
         if need_shift:
             gshift = gu.sum_to_size(shift.shape)
+            if gshift.data_ptr() == gu.data_ptr():  # nothing to sum (a 1x1 map): sum_to_size returned gu itself
+                gshift = gshift.clone()
         if need_y:
-            gy = gu if scale is None else gu * scale
+            gy = gu if scale is None else gu.mul_(scale)
         return gy, gscale, gshift, gw1, gb1, gw2, gb2, None, None, None

@@ -32,9 +32,40 @@ def quick_gelu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
-class QuickGELU(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
+class _QuickGELU(torch.autograd.Function):
+    """:func:`quick_gelu` keeping only ``x`` for backward (the composition also keeps ``sigmoid(1.702 x)``,
+    a second input-sized tensor); the sigmoid is recomputed there:
+    ``d/dx = s + 1.702 x s (1 - s)``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
         return quick_gelu(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(1.702 * x)
+        return g * (s + 1.702 * x * s * (1 - s))
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``. ``lean=True``: with a gradient, through :class:`_QuickGELU`, which keeps
+    half the memory for backward and recomputes the sigmoid (the same values; gradients to rounding)."""
+
+    def __init__(self, lean: bool = False):
+        super().__init__()
+        self.lean = bool(lean)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.lean and x.requires_grad and torch.is_grad_enabled() and not (
+                torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+            return _QuickGELU.apply(x)
+        return quick_gelu(x)
+
+    def extra_repr(self) -> str:
+        return "lean=True" if self.lean else ""
 
 
 def _pos_int(value, name: str) -> int:
