@@ -273,3 +273,17 @@ def test_fused_tpool_on_a_one_pixel_map(layout, norm):
     gz = torch.randn(out.shape, generator=g, **F64)
     for a, b in zip(torch.autograd.grad(out, (y, scale, shift), gz), torch.autograd.grad(expect, (y, scale, shift), gz)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_pool_after_inference_mode_still_trains():
+    """The cached band matrix made first under ``torch.inference_mode`` is an ordinary tensor, so a
+    later training step can keep it for backward."""
+    from tada.nn import aggregation
+
+    aggregation._BANDS.clear()
+    y = torch.randn(1, 2, 11, 3, 3)  # a frame count no other test uses
+    with torch.inference_mode():
+        temporal_pool(y)
+    yg = y.clone().requires_grad_()
+    temporal_pool(yg).sum().backward()
+    assert yg.grad is not None and torch.isfinite(yg.grad).all()

@@ -56,12 +56,16 @@ def _band(t: int, like: Tensor) -> Tensor:
     """The ``T x T`` matrix of the 3-frame average with zero padding: ``1/3`` on the three central
     diagonals (kept per size, dtype and device: building it is four small ops, a fifth of the pool's
     cost at 384 channels, 14²)."""
+    make = lambda: torch.ones(t, t, dtype=like.dtype, device=like.device).triu(-1).tril(1).div_(3.0)  # noqa: E731
+    if not isinstance(t, int) or torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return make()  # symbolic sizes and fake tensors are not cached
     key = (t, like.dtype, like.device)
     band = _BANDS.get(key)
     if band is None:
         if len(_BANDS) > 64:
             _BANDS.clear()
-        band = _BANDS[key] = torch.ones(t, t, dtype=like.dtype, device=like.device).triu(-1).tril(1).div_(3.0)
+        with torch.inference_mode(False):  # a cached inference tensor could not be saved for backward later
+            band = _BANDS[key] = make()
     return band
 
 
