@@ -224,8 +224,9 @@ class VideoViTBlock(nn.Module):
 
     def _tada(self, branch: TAdaBlock, x: Tensor, batch: int, grid) -> Tensor:
         y = self.drop_path(branch(x, batch, grid, cls_first=True), batch)
-        # the CLS token gets 0 (a zero row: the backward then hands x the whole gradient, no slices)
-        return x + F.pad(y, (0, 0, 1, 0))
+        # the CLS token gets 0: a zero row in front (the backward then hands x the whole gradient, no
+        # slices; a cat writes each element once where F.pad fills the whole tensor first)
+        return x + torch.cat([y.new_zeros(y.shape[0], 1, y.shape[2]), y], dim=1)
 
     def forward(self, x: Tensor, batch: int, grid: Tuple[int, int, int]) -> Tensor:
         """``x``: ``(B*T, 1 + gh*gw, D)`` tokens (CLS first) of ``batch`` videos; ``grid = (T, gh, gw)``."""

@@ -137,8 +137,10 @@ def _descriptor(x: Tensor) -> Tensor:
 
 
 def _channels_last_view(x: Tensor) -> bool:
-    """``x`` ``(B, C, T, H, W)`` is a view of channels-last ``(B, T, H, W, C)`` memory (a ConvNeXt block's)."""
-    return x.permute(0, 2, 3, 4, 1).is_contiguous() and not x.is_contiguous()
+    """``x`` ``(B, C, T, H, W)`` has its channels innermost in memory, as a view of channels-last
+    ``(B, T, H, W, C)`` memory (a ConvNeXt block's), dense or not (TAdaFormer's patch tokens without
+    their CLS row)."""
+    return x.shape[1] > 1 and x.stride(1) == 1 and all(x.stride(d) >= x.shape[1] for d in (2, 3, 4) if x.shape[d] > 1)
 
 
 def _spatial_mean(x: Tensor) -> Tensor:
