@@ -287,3 +287,28 @@ def test_pool_after_inference_mode_still_trains():
     yg = y.clone().requires_grad_()
     temporal_pool(yg).sum().backward()
     assert yg.grad is not None and torch.isfinite(yg.grad).all()
+
+
+def test_frozen_batchnorm_inference_folds_the_norms(monkeypatch):
+    """Inference with frozen BatchNorms runs T-Pool as two affine passes (``frozen_tpool``): the same values
+    as the two norms and the sum, in (B, C, T, H, W) and on the frame batch, in the input's layout; in
+    training mode, with a gradient, or with other norm types it is not used."""
+    agg = _agg("bn").eval()
+    with torch.no_grad():
+        for n in (agg.norm1, agg.norm2):
+            n.running_mean.normal_()
+            n.running_var.uniform_(0.5, 2.0)
+    g = torch.Generator().manual_seed(9)
+    y5 = torch.randn(2, 5, 6, 4, 3, generator=g, **F64).transpose(1, 2)  # (B, C, T, H, W), frame-major
+    with torch.no_grad():
+        assert agg.frozen_affines(y5) is not None
+        out5, outf = agg(y5), aggregate_frame_major(agg, frames_to_batch(y5), 5)
+    expect = agg.norm1(y5) + agg.norm2(temporal_pool(y5))
+    torch.testing.assert_close(out5, expect, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(outf, frames_to_batch(expect), rtol=1e-12, atol=1e-12)
+    assert out5.stride() == y5.stride()
+    assert agg.frozen_affines(y5) is None  # a gradient may be needed
+    with torch.no_grad():
+        assert agg.train().frozen_affines(y5) is None
+        assert _agg("ln").eval().frozen_affines(y5) is None
+        assert TemporalAggregation(6, shortcut="shared").double().eval().frozen_affines(y5) is None

@@ -32,7 +32,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..nn import TAdaConv2d, TemporalAggregation, temporal_pool
-from ..nn.aggregation import fused_tpool
+from ..nn.aggregation import frozen_tpool, fused_tpool
 from ..nn.functional import batch_to_frames, frames_to_batch
 
 __all__ = [
@@ -124,6 +124,9 @@ def aggregate_frame_major(agg: TemporalAggregation, y: Tensor, frames: int) -> T
         return fused_tpool(agg, y, None, None, channels_last=False, frames=frames)
     pooled = temporal_pool(y.reshape(n // frames, 1, frames, c, h * w), agg.pool).reshape(n, c, 1, h, w)
     y5 = y.unsqueeze(2)
+    frozen = agg.frozen_affines(y5)
+    if frozen is not None:  # inference with frozen BatchNorms: two passes instead of two norms and a sum
+        return frozen_tpool(y5, pooled, frozen).squeeze(2)
     if agg.shortcut == "separate":
         z = agg.norm1(y5) + agg.norm2(pooled)
     elif agg.shortcut == "shared":

@@ -164,6 +164,9 @@ class TemporalAggregation(nn.Module):
             return fused_tpool(self, y, scale, shift, channels_last=False)
         y = _affine(y, scale, shift)
         pooled = temporal_pool(y, self.pool)
+        frozen = self.frozen_affines(y)
+        if frozen is not None:
+            return frozen_tpool(y, pooled, frozen)
         if self.shortcut == "separate":
             return self.norm1(y) + self.norm2(pooled)
         if self.shortcut == "shared":
@@ -195,6 +198,24 @@ class TemporalAggregation(nn.Module):
             return ln(self.norm1, y + pooled)
         return ln(self.norm1, pooled)
 
+    def frozen_affines(self, y: Tensor):
+        """Inference with frozen BatchNorms (eval mode, running statistics, no gradient, the default
+        ``separate`` form): each norm is a per-channel affine ``y * a + c``, so ``Norm1(y) + Norm2(p)`` is
+        ``y * a1 + p * a2 + (c1 + c2)``, two ``addcmul`` passes instead of two norms and a sum
+        (:func:`frozen_tpool`). Returns ``((a1, a2, c1 + c2))`` shaped to broadcast over ``y``'s channel
+        dim 1, or None where this does not apply (then the norms run as modules)."""
+        if (self.norm_kind != "bn" or self.shortcut != "separate" or torch.is_grad_enabled()
+                or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+                or torch.compiler.is_exporting()):
+            return None
+        norms = (self.norm1, self.norm2)
+        if any(type(n) is not nn.BatchNorm3d or n.training or n.running_mean is None or n.weight is None
+               for n in norms):
+            return None
+        shape = (-1,) + (1,) * (y.dim() - 2)
+        (a1, c1), (a2, c2) = [_bn_affine(n) for n in norms]
+        return a1.to(y.dtype).view(shape), a2.to(y.dtype).view(shape), (c1 + c2).to(y.dtype).view(shape)
+
     def fuses(self, y: Tensor, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None, *,
               channels_last: bool = False) -> bool:
         """Whether this call runs as one fused autograd function (:class:`_FusedTPool`): a gradient is
@@ -224,6 +245,18 @@ class TemporalAggregation(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.channels}, norm={self.norm_kind!r}, pool={self.pool!r}, shortcut={self.shortcut!r}"
 
+
+
+def _bn_affine(bn: nn.BatchNorm3d):
+    """An eval-mode BatchNorm as ``x * a + c`` per channel."""
+    a = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return a, bn.bias - bn.running_mean * a
+
+
+def frozen_tpool(y: Tensor, pooled: Tensor, affines) -> Tensor:
+    """``Norm1(y) + Norm2(pooled)`` for frozen BatchNorms given as :meth:`TemporalAggregation.frozen_affines`."""
+    a1, a2, c = affines
+    return torch.addcmul(c, y, a1).addcmul_(pooled, a2)
 
 
 def _affine(y: Tensor, scale: Optional[Tensor], shift: Optional[Tensor]) -> Tensor:
