@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tada import create_model
 from tada.models.builders import aggregate_frame_major
 from tada.nn import TAdaConv2d, TemporalAggregation, tada_conv2d, temporal_pool
-from tada.nn.functional import frames_to_batch, tada_conv2d_split
+from tada.nn.functional import frames_to_batch
 
 F64 = dict(dtype=torch.float64)
 
@@ -33,6 +33,12 @@ def _plain(agg, y, scale, shift, layout):
         ln = lambda n, z: F.layer_norm(z, (agg.channels,), n.weight, n.bias, n.eps)  # noqa: E731
         return ln(agg.norm1, u) + ln(agg.norm2, temporal_pool(u, "avg", dim=1))
     return agg.norm1(u) + agg.norm2(temporal_pool(u, "avg"))
+
+
+def _same_grads(out, expect, inputs, ref_inputs, gz, tol=1e-10):
+    """The gradients of ``out`` w.r.t. ``inputs`` equal those of ``expect`` w.r.t. ``ref_inputs``."""
+    for a, b in zip(torch.autograd.grad(out, list(inputs), gz), torch.autograd.grad(expect, list(ref_inputs), gz)):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 def _run(agg, y, scale, shift, layout):
@@ -69,10 +75,7 @@ def test_fused_tpool_gradcheck_and_equals_the_composition(layout, norm, shape, s
     torch.testing.assert_close(out, expect, rtol=1e-12, atol=1e-12)
     inputs = [t for t in (y, scale, shift) if t is not None]
     gz = torch.randn(out.shape, generator=g, **F64)
-    got = torch.autograd.grad(out, inputs + list(agg.parameters()), gz)
-    want = torch.autograd.grad(expect, inputs + list(ref.parameters()), gz)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    _same_grads(out, expect, inputs + list(agg.parameters()), inputs + list(ref.parameters()), gz)
     if norm == "bn":  # the running statistics move as the plain BatchNorms' do
         for n, r in ((agg.norm1, ref.norm1), (agg.norm2, ref.norm2)):
             torch.testing.assert_close(n.running_mean, r.running_mean, rtol=0, atol=1e-14)
@@ -103,9 +106,7 @@ def test_fused_tpool_in_eval_mode_batchnorm_and_momentum_none():
             out, expect = agg(y), _plain(ref, y, None, None, "bcthw")
         torch.testing.assert_close(out, expect, rtol=1e-12, atol=1e-12)
         gz = torch.randn(out.shape, generator=g, **F64)
-        for a, b in zip(torch.autograd.grad(out, [y] + list(agg.parameters()), gz),
-                        torch.autograd.grad(expect, [y] + list(ref.parameters()), gz)):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        _same_grads(out, expect, [y, *agg.parameters()], [y, *ref.parameters()], gz)
         torch.testing.assert_close(agg.norm2.running_var, ref.norm2.running_var, rtol=0, atol=1e-14)
         assert agg.norm1.num_batches_tracked == ref.norm1.num_batches_tracked
 
@@ -124,9 +125,7 @@ def test_frame_major_aggregation_fused_equals_the_plain_one(frames, monkeypatch)
     expect = frames_to_batch(_plain(ref, y5, None, None, "bcthw"))
     torch.testing.assert_close(out, expect, rtol=1e-12, atol=1e-12)
     gz = torch.randn(out.shape, generator=g, **F64)
-    for a, b in zip(torch.autograd.grad(out, [y5] + list(agg.parameters()), gz),
-                    torch.autograd.grad(expect, [y5] + list(ref.parameters()), gz)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    _same_grads(out, expect, [y5, *agg.parameters()], [y5, *ref.parameters()], gz)
     torch.testing.assert_close(agg.norm2.running_mean, ref.norm2.running_mean, rtol=0, atol=1e-14)
     assert torch.autograd.gradcheck(lambda t: aggregate_frame_major(agg.eval(), t, frames), (yf.detach().requires_grad_(),),
                                     fast_mode=True)
@@ -212,7 +211,7 @@ def test_split_cout_tadaconv_recombines_to_the_layer_output(bias, bias_calibrati
     out, s, b = dense(x, split=True)
     assert s is None and b is None and torch.equal(out, dense(x))
     w, a = torch.randn(6, 1, 3, 3, **F64), torch.randn(2, 6, 4, **F64)
-    out, s, b = tada_conv2d_split(x, w, a, groups=6, cal_dim="cout", impl="grouped")
+    out, s, b = tada_conv2d(x, w, a, groups=6, cal_dim="cout", impl="grouped", split=True)
     assert s is None and torch.allclose(out, tada_conv2d(x, w, a, groups=6, cal_dim="cout"), atol=1e-12)
 
 
@@ -271,8 +270,7 @@ def test_fused_tpool_on_a_one_pixel_map(layout, norm):
     ref = copy.deepcopy(agg)
     out, expect = _run(agg, y, scale, shift, layout), _plain(ref, y, scale, shift, layout)
     gz = torch.randn(out.shape, generator=g, **F64)
-    for a, b in zip(torch.autograd.grad(out, (y, scale, shift), gz), torch.autograd.grad(expect, (y, scale, shift), gz)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    _same_grads(out, expect, (y, scale, shift), (y, scale, shift), gz)
 
 
 def test_pool_after_inference_mode_still_trains():

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
-__all__ = ["tada_conv2d", "tada_conv2d_split", "auto_impl", "AUTO_GROUPED_RATIO", "CAL_DIMS", "IMPLS", "frames_to_batch", "batch_to_frames"]
+__all__ = ["tada_conv2d", "auto_impl", "AUTO_GROUPED_RATIO", "CAL_DIMS", "IMPLS", "frames_to_batch", "batch_to_frames"]
 
 CAL_DIMS = ("cin", "cout", "cin_cout", "k2")
 IMPLS = ("auto", "fast", "grouped")
@@ -154,7 +154,8 @@ def tada_conv2d(
     cal_dim: str = "cin",
     bias_alpha: Optional[Tensor] = None,
     impl: str = "auto",
-) -> Tensor:
+    split: bool = False,
+):
     """Temporally-adaptive 2D convolution, ``y_t = conv(x_t, alpha_t * W) + beta_t * bias``.
 
     Args:
@@ -168,46 +169,29 @@ def tada_conv2d(
         impl: ``"fast"`` (feature scaling), ``"grouped"`` (per-frame kernels) or ``"auto"``
             (fast wherever it is exact, i.e. everything but ``k2``).
 
+        split: return ``(y, scale, shift)`` with the result ``y * scale + shift``, for the layer after
+            it to apply inside its own pass (:class:`~tada.nn.TemporalAggregation`). With
+            ``cal_dim="cout"`` on the fast path, ``y`` is the plain convolution of every frame, ``scale``
+            the calibration ``(B, C_out, T, 1, 1)`` and ``shift`` the (calibrated) bias
+            ``(1 or B, C_out, 1 or T, 1, 1)`` or None; otherwise ``(result, None, None)``.
+
     Returns:
-        ``(B, C_out, T, H', W')``, stored frame-major.
+        ``(B, C_out, T, H', W')``, stored frame-major (a triple with ``split=True``).
     """
     a_in, a_out, a_k2, beta = _check(x, weight, alpha, bias, groups, cal_dim, bias_alpha, impl)
     if impl == "auto":
         impl = auto_impl(cal_dim, x.shape, weight.shape, groups, x.device.type)
+    if split and cal_dim == "cout" and impl == "fast":
+        return _fast_split(x, weight, bias, a_out, beta, stride, padding, dilation, groups)
     if impl == "fast":
-        return _fast(x, weight, bias, a_in, a_out, beta, stride, padding, dilation, groups)
-    return _grouped(x, weight, bias, a_in, a_out, a_k2, beta, stride, padding, dilation, groups)
+        y = _fast(x, weight, bias, a_in, a_out, beta, stride, padding, dilation, groups)
+    else:
+        y = _grouped(x, weight, bias, a_in, a_out, a_k2, beta, stride, padding, dilation, groups)
+    return (y, None, None) if split else y
 
 
-def tada_conv2d_split(
-    x: Tensor,
-    weight: Tensor,
-    alpha: Alpha,
-    bias: Optional[Tensor] = None,
-    *,
-    stride: _IntOr2 = 1,
-    padding: Union[_IntOr2, str] = 0,
-    dilation: _IntOr2 = 1,
-    groups: int = 1,
-    cal_dim: str = "cin",
-    bias_alpha: Optional[Tensor] = None,
-    impl: str = "auto",
-) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """:func:`tada_conv2d` as ``(y, scale, shift)`` with the result ``y * scale + shift``, for the
-    layer after it to apply (e.g. inside its own pass: :class:`~tada.nn.TemporalAggregation`).
-
-    With ``cal_dim="cout"`` on the fast path, ``y`` is the plain convolution of every frame (stored
-    frame-major), ``scale`` the calibration ``(B, C_out, T, 1, 1)`` and ``shift`` the (calibrated) bias
-    ``(1 or B, C_out, 1 or T, 1, 1)``, or None; otherwise ``(tada_conv2d(...), None, None)``. Same
-    arguments and checks as :func:`tada_conv2d`.
-    """
-    a_in, a_out, a_k2, beta = _check(x, weight, alpha, bias, groups, cal_dim, bias_alpha, impl)
-    if impl == "auto":
-        impl = auto_impl(cal_dim, x.shape, weight.shape, groups, x.device.type)
-    if cal_dim != "cout" or impl != "fast":
-        if impl == "fast":
-            return _fast(x, weight, bias, a_in, a_out, beta, stride, padding, dilation, groups), None, None
-        return _grouped(x, weight, bias, a_in, a_out, a_k2, beta, stride, padding, dilation, groups), None, None
+def _fast_split(x, weight, bias, a_out, beta, stride, padding, dilation, groups):
+    """The fast ``cout`` form as ``(plain conv, scale, shift)``."""
     b, _, t = x.shape[:3]
     y = batch_to_frames(F.conv2d(frames_to_batch(x), weight, None, stride, padding, dilation, groups), b, t)
     # scale and shift stored (B, T, C), as y is (frame-major or channels-last): with C innermost in both,

@@ -9,7 +9,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from .functional import CAL_DIMS, IMPLS, tada_conv2d, tada_conv2d_split
+from .functional import CAL_DIMS, IMPLS, tada_conv2d
 from .calibration import build_routing, routing_names
 
 __all__ = ["TAdaConv2d"]
@@ -128,7 +128,7 @@ class TAdaConv2d(nn.Module):
         """``x``: ``(B, C_in, T, H, W)``; ``alpha``/``bias_alpha`` override the routing's output.
 
         ``split=True`` returns ``(y, scale, shift)`` with the output ``y * scale + shift`` (see
-        :func:`~tada.nn.functional.tada_conv2d_split`: the plain convolution and the per-frame affine of a
+        :func:`~tada.nn.functional.tada_conv2d` with ``split=True``: the plain convolution and the per-frame affine of a
         ``cout`` calibration, for the next layer to fold into its pass; ``(output, None, None)`` for
         the other forms)."""
         if alpha is None:
@@ -142,10 +142,10 @@ class TAdaConv2d(nn.Module):
                 bias_alpha = routed_beta if bias_alpha is None else bias_alpha
             else:
                 alpha = calibration
-        return (tada_conv2d_split if split else tada_conv2d)(
+        return tada_conv2d(
             x, self.weight, alpha, self.bias,
             stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
-            cal_dim=self.cal_dim, bias_alpha=bias_alpha, impl=self.impl,
+            cal_dim=self.cal_dim, bias_alpha=bias_alpha, impl=self.impl, split=split,
         )
 
     @classmethod
