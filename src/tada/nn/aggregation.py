@@ -160,18 +160,7 @@ class TemporalAggregation(nn.Module):
                 f"TemporalAggregation({self.channels}) expects (B, {self.channels}, T, H, W), "
                 f"got shape {tuple(y.shape)}"
             )
-        if self.fuses(y, scale, shift, channels_last=False):
-            return fused_tpool(self, y, scale, shift, channels_last=False)
-        y = _affine(y, scale, shift)
-        pooled = temporal_pool(y, self.pool)
-        frozen = self.frozen_affines(y)
-        if frozen is not None:
-            return frozen_tpool(y, pooled, frozen)
-        if self.shortcut == "separate":
-            return self.norm1(y) + self.norm2(pooled)
-        if self.shortcut == "shared":
-            return self.norm1(y + pooled)
-        return self.norm1(pooled)
+        return self._aggregate(y, scale, shift, channels_last=False)
 
     def forward_channels_last(self, y: Tensor, scale: Optional[Tensor] = None,
                               shift: Optional[Tensor] = None) -> Tensor:
@@ -187,16 +176,25 @@ class TemporalAggregation(nn.Module):
                 f"TemporalAggregation({self.channels}).forward_channels_last expects (B, T, H, W, {self.channels}), "
                 f"got shape {tuple(y.shape)}"
             )
-        if self.fuses(y, scale, shift, channels_last=True):
-            return fused_tpool(self, y, scale, shift, channels_last=True)
+        return self._aggregate(y, scale, shift, channels_last=True)
+
+    def _aggregate(self, y: Tensor, scale, shift, channels_last: bool) -> Tensor:
+        if self.fuses(y, scale, shift, channels_last=channels_last):
+            return fused_tpool(self, y, scale, shift, channels_last=channels_last)
         y = _affine(y, scale, shift)
-        pooled = temporal_pool(y, self.pool, dim=1)
-        ln = lambda norm, z: F.layer_norm(z, (self.channels,), norm.weight, norm.bias, norm.eps)  # noqa: E731
+        pooled = temporal_pool(y, self.pool, dim=1 if channels_last else 2)
+        frozen = self.frozen_affines(y)
+        if frozen is not None:
+            return frozen_tpool(y, pooled, frozen)
+        if channels_last:  # the LayerNorms over the last dim directly
+            norm = lambda n, z: F.layer_norm(z, (self.channels,), n.weight, n.bias, n.eps)  # noqa: E731
+        else:
+            norm = lambda n, z: n(z)  # noqa: E731
         if self.shortcut == "separate":
-            return ln(self.norm1, y) + ln(self.norm2, pooled)
+            return norm(self.norm1, y) + norm(self.norm2, pooled)
         if self.shortcut == "shared":
-            return ln(self.norm1, y + pooled)
-        return ln(self.norm1, pooled)
+            return norm(self.norm1, y + pooled)
+        return norm(self.norm1, pooled)
 
     def frozen_affines(self, y: Tensor):
         """Inference with frozen BatchNorms (eval mode, running statistics, no gradient, the default
