@@ -199,8 +199,8 @@ class ConvNeXtBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x5 = x.permute(0, 4, 1, 2, 3)  # (B, C, T, H, W), channels-last memory
         if self.tpool is not None:  # in channels-last memory throughout (no layout round trip)
-            if isinstance(self.conv_dw, TAdaConv2d) and self.tpool.fuses(x, channels_last=True):
-                # the calibration's multiply (and the calibrated bias) run inside T-Pool's fused pass
+            if isinstance(self.conv_dw, TAdaConv2d) and self.tpool.takes_affine(x, channels_last=True):
+                # the calibration's multiply (and the calibrated bias) run inside T-Pool's pass
                 y, scale, shift = self.conv_dw(x5, split=True)
                 y = self.tpool.forward_channels_last(_channels_last(y), *(
                     None if t is None else t.permute(0, 2, 3, 4, 1) for t in (scale, shift)))

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from . import _native
+
 __all__ = ["TemporalAggregation", "temporal_pool", "ChannelNorm"]
 
 POOLS = ("avg", "max", "mix")
@@ -181,6 +183,9 @@ class TemporalAggregation(nn.Module):
     def _aggregate(self, y: Tensor, scale, shift, channels_last: bool) -> Tensor:
         if self.fuses(y, scale, shift, channels_last=channels_last):
             return fused_tpool(self, y, scale, shift, channels_last=channels_last)
+        out = _native_infer(self, y, scale, shift, channels_last)
+        if out is not None:
+            return out
         y = _affine(y, scale, shift)
         pooled = temporal_pool(y, self.pool, dim=1 if channels_last else 2)
         frozen = self.frozen_affines(y)
@@ -206,13 +211,11 @@ class TemporalAggregation(nn.Module):
                 or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
                 or torch.compiler.is_exporting()):
             return None
-        norms = (self.norm1, self.norm2)
-        if any(type(n) is not nn.BatchNorm3d or n.training or n.running_mean is None or n.weight is None
-               for n in norms):
+        frozen = _frozen_bns(self)
+        if frozen is None:
             return None
         shape = (-1,) + (1,) * (y.dim() - 2)
-        (a1, c1), (a2, c2) = [_bn_affine(n) for n in norms]
-        return a1.to(y.dtype).view(shape), a2.to(y.dtype).view(shape), (c1 + c2).to(y.dtype).view(shape)
+        return tuple(v.to(y.dtype).view(shape) for v in frozen)
 
     def fuses(self, y: Tensor, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None, *,
               channels_last: bool = False) -> bool:
@@ -240,6 +243,13 @@ class TemporalAggregation(nn.Module):
         return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
                     or torch.compiler.is_exporting())
 
+    def takes_affine(self, y: Tensor, *, channels_last: bool = False) -> bool:
+        """Whether a ``cout`` TAdaConv before this layer should hand over its per-frame affine
+        (``split=True``) instead of applying it: this call then applies it inside its own pass, as the
+        fused training node (:meth:`fuses`) or the native inference kernel (:func:`_native_infer`) does.
+        ``y``: the input, or a tensor of the same batch, dtype, device and gradient needs."""
+        return self.fuses(y, channels_last=channels_last) or _native_infer_applies(self, y, channels_last)
+
     def extra_repr(self) -> str:
         return f"{self.channels}, norm={self.norm_kind!r}, pool={self.pool!r}, shortcut={self.shortcut!r}"
 
@@ -255,6 +265,74 @@ def frozen_tpool(y: Tensor, pooled: Tensor, affines) -> Tensor:
     """``Norm1(y) + Norm2(pooled)`` for frozen BatchNorms given as :meth:`TemporalAggregation.frozen_affines`."""
     a1, a2, c = affines
     return torch.addcmul(c, y, a1).addcmul_(pooled, a2)
+
+
+def _native_infer_applies(agg: TemporalAggregation, y: Tensor, channels_last: bool) -> bool:
+    """Whether :func:`_native_infer` may run for ``agg`` on inputs like ``y`` (all but their layout):
+    no gradient, the default form (avg pool, ``separate``), LayerNorms channels-last or frozen BatchNorms
+    (:meth:`TemporalAggregation.frozen_affines`), float32/64 on the CPU, no autocast, eager mode, and the
+    native kernels built."""
+    if agg.pool != "avg" or agg.shortcut != "separate" or y.device.type != "cpu":
+        return False
+    if y.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled("cpu"):
+        return False
+    if torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in agg.parameters())):
+        return False
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return False
+    if channels_last:
+        if any(type(n) not in (ChannelNorm, nn.LayerNorm) or n.weight is None or n.bias is None
+               for n in (agg.norm1, agg.norm2)):
+            return False
+    elif agg.norm_kind != "bn" or _frozen_bns(agg) is None:
+        return False
+    return _native.available()
+
+
+def _native_infer(agg: TemporalAggregation, y: Tensor, scale, shift, channels_last: bool) -> Optional[Tensor]:
+    """T-Pool's inference as one native pass over channels-last memory (``csrc/tpool.cpp``), or None where
+    it does not apply (:func:`_native_infer_applies`, or ``y``'s memory is not ``(B, T, H, W, C)``
+    contiguous, or ``scale`` / ``shift`` vary over space); the plain composition then runs. The same
+    values as that composition to rounding (the sums run in another order)."""
+    if y.dim() != 5 or not _native_infer_applies(agg, y, channels_last):
+        return None
+    yl = y if channels_last else y.permute(0, 2, 3, 4, 1)
+    if not yl.is_contiguous():
+        return None
+    b, t, h, w, c = yl.shape
+    rows = []
+    for v in (scale, shift):
+        if v is not None:
+            if channels_last and v.dim() < 5:  # broadcast over the leading dims, as in the plain composition
+                v = v.reshape((1,) * (5 - v.dim()) + tuple(v.shape))
+            if v.dim() != 5:
+                return None
+            v = v if channels_last else v.permute(0, 2, 3, 4, 1)
+            if v.shape[2] != 1 or v.shape[3] != 1:
+                return None
+            v = v.expand(b, t, 1, 1, c).reshape(b, t, c).to(y.dtype).contiguous()
+        rows.append(v)
+    if channels_last:
+        n1, n2 = agg.norm1, agg.norm2
+        params, ln, eps = (n1.weight, n1.bias, n2.weight, n2.bias), True, (n1.eps, n2.eps)
+    else:
+        a1, a2, c12 = _frozen_bns(agg)
+        params, ln, eps = (a1, c12, a2, torch.zeros_like(c12)), False, (0.0, 0.0)
+    params = [p.detach().to(y.dtype).contiguous() for p in params]
+    out = torch.ops.tada_native.tpool_infer(yl.view(b, t, h * w, c), *rows, *params, ln, *eps)
+    out = out.view(b, t, h, w, c)
+    return out if channels_last else out.permute(0, 4, 1, 2, 3)
+
+
+def _frozen_bns(agg: TemporalAggregation):
+    """The two frozen BatchNorms of ``agg`` as ``(a1, a2, c1 + c2)`` (``(C,)`` each), or None where they
+    are not frozen (see :meth:`TemporalAggregation.frozen_affines`, which this shares its test with)."""
+    norms = (agg.norm1, agg.norm2)
+    if any(type(n) is not nn.BatchNorm3d or n.training or n.running_mean is None or n.weight is None
+           for n in norms):
+        return None
+    (a1, c1), (a2, c2) = [_bn_affine(n) for n in norms]
+    return a1, a2, c1 + c2
 
 
 def _affine(y: Tensor, scale: Optional[Tensor], shift: Optional[Tensor]) -> Tensor:

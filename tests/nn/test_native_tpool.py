@@ -1,0 +1,182 @@
+"""The native T-Pool kernels (``tada/nn/csrc/tpool.cpp``) against the plain PyTorch composition they
+replace: the same values (float64 to 1e-12, float32 to rounding), in the same layout, on the shapes
+and forms the models use, and stepping aside wherever they do not apply."""
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tada import create_model
+from tada.nn import TemporalAggregation, _native, temporal_pool
+from tada.nn import aggregation as agg_mod
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="no C++ compiler: the native kernels cannot be built here")
+
+
+def test_builds_here():
+    # with a compiler present the kernels must build (else the tests below would only test the fallback)
+    assert _native.available()
+
+
+def _ln_agg(c, dtype, seed=0):
+    torch.manual_seed(seed)
+    agg = TemporalAggregation(c, norm="ln", eps=1e-6).to(dtype).eval()
+    with torch.no_grad():
+        for p in agg.parameters():
+            p.normal_()
+    return agg
+
+
+def _bn_agg(c, dtype, seed=0):
+    torch.manual_seed(seed)
+    agg = TemporalAggregation(c, norm="bn").to(dtype).eval()
+    with torch.no_grad():
+        for n in (agg.norm1, agg.norm2):
+            n.weight.normal_(), n.bias.normal_(), n.running_mean.normal_(), n.running_var.uniform_(0.5, 2.0)
+    return agg
+
+
+def _by_hand_ln(agg, y, scale, shift):
+    """The channels-last LN T-Pool written out with plain ops (independent of the module's own code)."""
+    u = y if scale is None else y * scale
+    u = u if shift is None else u + shift
+    ln = lambda n, z: F.layer_norm(z, (agg.channels,), n.weight, n.bias, n.eps)  # noqa: E731
+    return ln(agg.norm1, u) + ln(agg.norm2, temporal_pool(u, "avg", dim=1))
+
+
+def _by_hand_bn(agg, y, scale, shift):
+    u = y if scale is None else y * scale
+    u = u if shift is None else u + shift
+    bn = lambda n, z: F.batch_norm(z, n.running_mean, n.running_var, n.weight, n.bias, False, 0.0, n.eps)  # noqa: E731
+    return bn(agg.norm1, u) + bn(agg.norm2, temporal_pool(u, "avg"))
+
+
+def _count_native(monkeypatch):
+    calls = []
+    real = torch.ops.tada_native.tpool_infer
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(agg_mod.torch.ops.tada_native, "tpool_infer", spy, raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("t", [1, 2, 3, 8])
+@pytest.mark.parametrize("affine", ["none", "scale", "shift", "both", "bias"])
+def test_ln_channels_last_matches(dtype, tol, t, affine):
+    assert _native.available()
+    b, h, w, c = 2, 5, 3, 24
+    agg = _ln_agg(c, dtype)
+    torch.manual_seed(1)
+    y = torch.randn(b, t, h, w, c, dtype=dtype)
+    scale = torch.randn(b, t, 1, 1, c, dtype=dtype) if affine in ("scale", "both", "bias") else None
+    shift = {"shift": torch.randn(b, t, 1, 1, c, dtype=dtype), "both": torch.randn(b, t, 1, 1, c, dtype=dtype),
+             "bias": torch.randn(c, dtype=dtype)}.get(affine)  # "bias": one (C,) shift for every frame
+    with torch.no_grad():
+        out = agg_mod._native_infer(agg, y, scale, shift, True)
+        assert out is not None
+        with _native.disabled():
+            assert agg_mod._native_infer(agg, y, scale, shift, True) is None
+            plain = agg.forward_channels_last(y, scale, shift)
+    expect = _by_hand_ln(agg, y, scale, shift)
+    assert out.shape == y.shape and out.stride() == y.stride() and out.dtype == dtype
+    torch.testing.assert_close(out, expect, rtol=tol, atol=tol)
+    torch.testing.assert_close(out, plain, rtol=tol, atol=tol)
+    with torch.no_grad():  # the module's own entry point takes the native path
+        torch.testing.assert_close(agg.forward_channels_last(y, scale, shift), out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("t", [1, 3, 8])
+@pytest.mark.parametrize("with_affine", [False, True])
+def test_frozen_bn_channels_last_memory_matches(dtype, tol, t, with_affine):
+    b, h, w, c = 2, 4, 4, 16
+    agg = _bn_agg(c, dtype)
+    torch.manual_seed(2)
+    y = torch.randn(b, t, h, w, c, dtype=dtype).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W) in channels-last memory
+    scale = torch.randn(b, t, 1, 1, c, dtype=dtype).permute(0, 4, 1, 2, 3) if with_affine else None
+    shift = torch.randn(1, c, 1, 1, 1, dtype=dtype) if with_affine else None
+    with torch.no_grad():
+        out = agg_mod._native_infer(agg, y, scale, shift, False)
+        assert out is not None
+        with _native.disabled():
+            plain = agg(y, scale, shift)
+    torch.testing.assert_close(out, _by_hand_bn(agg, y, scale, shift), rtol=tol, atol=tol)
+    torch.testing.assert_close(out, plain, rtol=tol, atol=tol)
+    assert out.stride() == y.stride()
+
+
+def test_inference_mode():
+    agg = _ln_agg(8, torch.float32)
+    y = torch.randn(1, 4, 3, 3, 8)
+    with torch.inference_mode():
+        out = agg.forward_channels_last(y)
+    torch.testing.assert_close(out, _by_hand_ln(agg, y, None, None).detach(), rtol=2e-5, atol=2e-5)
+
+
+def test_steps_aside_where_it_does_not_apply():
+    ln, bn = _ln_agg(8, torch.float32), _bn_agg(8, torch.float32)
+    y_cl = torch.randn(2, 4, 3, 3, 8)
+    y_fm = torch.randn(2, 4, 8, 3, 3).permute(0, 2, 1, 3, 4)  # frame-major (B, C, T, H, W): channels not innermost
+    with torch.no_grad():
+        assert agg_mod._native_infer(ln, y_cl, None, None, True) is not None
+        assert agg_mod._native_infer(bn, y_fm, None, None, False) is None  # layout
+        assert agg_mod._native_infer(ln, y_cl.transpose(2, 3), None, None, True) is None  # gapped rows
+        assert agg_mod._native_infer(bn, y_cl.permute(0, 4, 1, 2, 3), torch.randn(2, 8, 4, 3, 3), None, False) is None
+        bn.norm1.train()  # batch statistics: not a frozen affine
+        assert agg_mod._native_infer(bn, y_cl.permute(0, 4, 1, 2, 3), None, None, False) is None
+        bn.norm1.eval()
+        for form in ({"pool": "max"}, {"shortcut": "shared"}):
+            other = TemporalAggregation(8, norm="ln", **form).eval()
+            assert agg_mod._native_infer(other, y_cl, None, None, True) is None
+        assert agg_mod._native_infer(ln, y_cl.half(), None, None, True) is None
+    # a gradient is needed: the fused autograd node (or the plain graph) runs instead
+    assert agg_mod._native_infer(ln, y_cl.requires_grad_(), None, None, True) is None
+    assert agg_mod._native_infer(ln, y_cl.detach(), None, None, True) is None  # the norms' parameters need one
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert agg_mod._native_infer(ln, y_cl.detach(), None, None, True) is None
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv("TADA_NATIVE", "0")
+    assert not _native.available()
+    agg = _ln_agg(8, torch.float32)
+    with torch.no_grad():
+        assert agg_mod._native_infer(agg, torch.randn(1, 3, 2, 2, 8), None, None, True) is None
+    monkeypatch.delenv("TADA_NATIVE")
+    assert _native.available()
+
+
+@pytest.mark.parametrize("name,frames,size", [("tadaconvnextv2_mini", 8, 64), ("tadaformer_b16", 16, 64)])
+def test_models_infer_the_same_with_the_kernels(name, frames, size, monkeypatch):
+    """Whole-model inference, native kernels vs plain composition, with every norm and layer scale made
+    non-trivial so that T-Pool's output reaches the logits; the kernels run in every TAda block."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10).eval()
+    n_tpool = 0
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm3d)) and m.weight is not None:
+                m.weight.normal_(1.0, 0.2), m.bias.normal_(0.0, 0.2)
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.normal_(0.0, 0.2), m.running_var.uniform_(0.5, 2.0)
+            if isinstance(m, TemporalAggregation):
+                n_tpool += 1
+        for name_, p in model.named_parameters():
+            if name_.endswith("gamma"):
+                p.fill_(0.5)
+    x = torch.randn(1, 3, frames, size, size)
+    calls = _count_native(monkeypatch)
+    with torch.no_grad():
+        out = model(x)
+        ran = len(calls)
+        with _native.disabled():
+            plain = model(x)
+    assert n_tpool > 0 and ran == n_tpool
+    assert len(calls) == ran  # nothing native while disabled
+    torch.testing.assert_close(out, plain, rtol=1e-4, atol=1e-4)
