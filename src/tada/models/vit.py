@@ -171,7 +171,8 @@ class TAdaBlock(nn.Module):
                 y = self.pre_proj(x.permute(0, 4, 1, 2, 3))  # (B, C, T, gh, gw)
             else:
                 y = self.pre_proj(x).permute(0, 4, 1, 2, 3)
-        if isinstance(self.conv, TAdaConv2d) and self.tpool.takes_affine(y):  # the calibration's multiply runs inside T-Pool's pass
+        # a TAdaConv's calibration multiply runs inside T-Pool's pass
+        if isinstance(self.conv, TAdaConv2d) and self.tpool.takes_affine(y):
             y = self.act(self.tpool(*self.conv(y, split=True)))  # (B, C, T, gh, gw)
         else:
             y = self.act(self.tpool(self.conv(y)))

@@ -278,7 +278,8 @@ def _native_infer_applies(agg: TemporalAggregation, y: Tensor, channels_last: bo
         return False
     if torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in agg.parameters())):
         return False
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting()):
         return False
     if channels_last:
         if any(type(n) not in (ChannelNorm, nn.LayerNorm) or n.weight is None or n.bias is None
