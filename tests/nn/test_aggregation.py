@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tada.nn import ChannelNorm, TemporalAggregation, temporal_pool
+from tada.nn import ChannelNorm, TemporalAggregation, _native, temporal_pool
 
 
 def test_avg_pool_counts_zero_padding_by_hand():
@@ -86,9 +86,13 @@ def test_channels_last_form_is_the_same(pool, shortcut):
         for p in agg.parameters():
             p.normal_()
     y = torch.randn(2, 5, 6, 7, 16).requires_grad_()  # (B, T, H, W, C)
-    out = agg.forward_channels_last(y)
+    native = agg.forward_channels_last(y)  # the native kernels where they apply (tests/nn/test_native_tpool.py)
+    with _native.disabled():  # the same sums in the same order as the (B, C, T, H, W) form
+        out = agg.forward_channels_last(y)
     ref = agg(y.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
     assert out.is_contiguous() and torch.equal(out, ref)
+    assert native.is_contiguous()
+    torch.testing.assert_close(native, ref, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(out)
     grad, grad_ref = torch.autograd.grad(out, y, g)[0], torch.autograd.grad(ref, y, g)[0]
     if agg.fuses(y, channels_last=True):  # the fused backward sums in another order

@@ -1,7 +1,9 @@
 """T-Pool's fused autograd function (and the split ``cout`` TAdaConv that feeds it) against the plain
 composition it replaces: gradcheck in float64, the same values, gradients and BatchNorm statistics,
 what it keeps for backward, and where it steps aside."""
+import contextlib
 import copy
+import shutil
 
 import pytest
 import torch
@@ -10,10 +12,18 @@ import torch.nn.functional as F
 
 from tada import create_model
 from tada.models.builders import aggregate_frame_major
-from tada.nn import TAdaConv2d, TemporalAggregation, tada_conv2d, temporal_pool
+from tada.nn import TAdaConv2d, TemporalAggregation, _native, tada_conv2d, temporal_pool
 from tada.nn.functional import frames_to_batch
 
 F64 = dict(dtype=torch.float64)
+# "fused": the PyTorch autograd node (_FusedTPool); "native": the C++ kernels where they apply (_NativeTPool)
+ENGINES = ["fused", pytest.param("native", marks=pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler for the native kernels"))]
+NODE = {"fused": "_FusedTPool", "native": "_NativeTPool"}
+
+
+def _engine(engine):
+    return _native.disabled() if engine == "fused" else contextlib.nullcontext()
 
 
 def _agg(norm, seed=0, c=6, momentum=0.1):
@@ -45,23 +55,40 @@ def _run(agg, y, scale, shift, layout):
     return agg.forward_channels_last(y, scale, shift) if layout == "cl" else agg(y, scale, shift)
 
 
-LAYOUTS = [("cl", "ln", (2, 5, 4, 3, 6), (2, 5, 1, 1, 6)), ("bcthw", "bn", (2, 6, 5, 4, 3), (2, 6, 5, 1, 1))]
+# (layout, norm, shape, per-frame affine shape); "bcthw_cl": (B, C, T, H, W) in channels-last memory (TAdaFormer)
+LAYOUTS = [("cl", "ln", (2, 5, 4, 3, 6), (2, 5, 1, 1, 6)), ("bcthw", "bn", (2, 6, 5, 4, 3), (2, 6, 5, 1, 1)),
+           ("bcthw_cl", "bn", (2, 6, 5, 4, 3), (2, 6, 5, 1, 1))]
 
 
+def _randn(shape, layout, g):
+    if layout != "bcthw_cl":
+        return torch.randn(*shape, generator=g, **F64)
+    b, c, t, h, w = shape
+    return torch.randn(b, t, h, w, c, generator=g, **F64).permute(0, 4, 1, 2, 3)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("frames", [1, 2, 5])
 @pytest.mark.parametrize("affine", ["none", "scale", "shift", "both", "bias_only"])
 @pytest.mark.parametrize("layout,norm,shape,sshape", LAYOUTS)
-def test_fused_tpool_gradcheck_and_equals_the_composition(layout, norm, shape, sshape, affine, frames):
+def test_fused_tpool_gradcheck_and_equals_the_composition(layout, norm, shape, sshape, affine, frames, engine):
+    if engine == "native" and layout == "bcthw":
+        pytest.skip("the native kernels need channels innermost in memory")
+    with _engine(engine):
+        _check_fused_tpool(layout, norm, shape, sshape, affine, frames, NODE[engine])
+
+
+def _check_fused_tpool(layout, norm, shape, sshape, affine, frames, node):
     shape = list(shape)
     shape[1 if layout == "cl" else 2] = frames
     sshape = list(sshape)
     sshape[1 if layout == "cl" else 2] = frames
     g = torch.Generator().manual_seed(1)
-    y = torch.randn(*shape, generator=g, **F64).requires_grad_()
-    scale = (1 + 0.3 * torch.randn(*sshape, generator=g, **F64)).requires_grad_() if affine in ("scale", "both") else None
+    y = _randn(shape, layout, g).requires_grad_()
+    scale = (1 + 0.3 * _randn(sshape, layout, g)).requires_grad_() if affine in ("scale", "both") else None
     shift = None
     if affine in ("shift", "both"):
-        shift = torch.randn(*sshape, generator=g, **F64).requires_grad_()
+        shift = _randn(sshape, layout, g).requires_grad_()
     elif affine == "bias_only":  # an uncalibrated bias: one value per channel, broadcast over B and T
         bshape = [1] * 5
         bshape[-1 if layout == "cl" else 1] = 6
@@ -70,7 +97,8 @@ def test_fused_tpool_gradcheck_and_equals_the_composition(layout, norm, shape, s
     ref = copy.deepcopy(agg)
     assert agg.fuses(y, scale, shift, channels_last=layout == "cl")
     out = _run(agg, y, scale, shift, layout)
-    assert out.grad_fn.name().startswith("_FusedTPool")
+    assert out.grad_fn.name().startswith(node)
+    assert out.stride() == y.stride()
     expect = _plain(ref, y, scale, shift, layout)
     torch.testing.assert_close(out, expect, rtol=1e-12, atol=1e-12)
     inputs = [t for t in (y, scale, shift) if t is not None]
@@ -215,14 +243,23 @@ def test_split_cout_tadaconv_recombines_to_the_layer_output(bias, bias_calibrati
     assert s is None and torch.allclose(out, tada_conv2d(x, w, a, groups=6, cal_dim="cout"), atol=1e-12)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name,frames,size", [("tadaconvnextv2_mini", 4, 32), ("tadaformer_b16", 4, 32),
                                               ("tada2d_r50", 4, 32)])
-def test_models_train_the_same_with_and_without_fusion(name, frames, size, monkeypatch):
-    """A whole training forward/backward of each family with the fused T-Pool equals the plain graph
-    (float64; the TAdaFormer's zero-initialised branches get random weights so they matter)."""
+def test_models_train_the_same_with_and_without_fusion(name, frames, size, engine, monkeypatch):
+    """A whole training forward/backward of each family with the fused T-Pool (the PyTorch node, or the
+    native kernels where they apply: ConvNeXt, TAdaFormer) equals the plain graph (float64; the
+    TAdaFormer's zero-initialised branches get random weights so they matter)."""
+    with _engine(engine):
+        _check_model_training(name, frames, size, NODE[engine] if name != "tada2d_r50" else "_FusedTPool",
+                              monkeypatch)
+
+
+def _check_model_training(name, frames, size, node, monkeypatch):
     torch.manual_seed(6)
     kw = dict(width=64, layers=2, heads=2, patch_size=8, img_size=size, tada_head_dim=16, double_tada=True,
-              temp_enhance=True) if name.startswith("tadaformer") else {}
+              # temp_enhance's Conv3d leaves the branch (B, C, T, H, W)-contiguous, where only the PyTorch node runs
+              temp_enhance=node == "_FusedTPool") if name.startswith("tadaformer") else {}
     m = create_model(name, num_classes=5, **kw).double().train()
     with torch.no_grad():
         for n, p in m.named_parameters():
@@ -232,7 +269,7 @@ def test_models_train_the_same_with_and_without_fusion(name, frames, size, monke
     x = torch.randn(2, 3, frames, size, size, **F64)
     torch.manual_seed(7)  # the same head dropout / drop-path draws in both runs
     out = m(x)
-    assert _count_fused(out.grad_fn) > 0
+    assert _count_nodes(out.grad_fn, node) > 0
     grads = torch.autograd.grad(out.square().sum(), list(m.parameters()))
     monkeypatch.setattr(TemporalAggregation, "fuses", lambda *a, **k: False)
     torch.manual_seed(7)
@@ -245,30 +282,34 @@ def test_models_train_the_same_with_and_without_fusion(name, frames, size, monke
         torch.testing.assert_close(b, r, rtol=0, atol=1e-12)
 
 
-def _count_fused(fn) -> int:
+def _count_nodes(fn, prefix: str) -> int:
+    """How many nodes of the graph under ``fn`` are named ``prefix...``."""
     seen, stack, n = set(), [fn], 0
     while stack:
         f = stack.pop()
         if f is None or f in seen:
             continue
         seen.add(f)
-        n += f.name().startswith("_FusedTPool")
+        n += f.name().startswith(prefix)
         stack.extend(g for g, _ in f.next_functions)
     return n
 
 
-@pytest.mark.parametrize("layout,norm", [("cl", "ln"), ("bcthw", "bn")])
-def test_fused_tpool_on_a_one_pixel_map(layout, norm):
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("layout,norm", [("cl", "ln"), ("bcthw", "bn"), ("bcthw_cl", "bn")])
+def test_fused_tpool_on_a_one_pixel_map(layout, norm, engine):
     """On a 1x1 map the per-frame shift has the shape of the input: its gradient must not alias the
     input's (which the backward scales in place)."""
     g = torch.Generator().manual_seed(8)
     shape = (2, 3, 1, 1, 6) if layout == "cl" else (2, 6, 3, 1, 1)
-    y = torch.randn(*shape, generator=g, **F64).requires_grad_()
-    scale = (1 + 0.3 * torch.randn(*shape, generator=g, **F64)).requires_grad_()
-    shift = torch.randn(*shape, generator=g, **F64).requires_grad_()
+    y = _randn(shape, layout, g).requires_grad_()
+    scale = (1 + 0.3 * _randn(shape, layout, g)).requires_grad_()
+    shift = _randn(shape, layout, g).requires_grad_()
     agg = _agg(norm)
     ref = copy.deepcopy(agg)
-    out, expect = _run(agg, y, scale, shift, layout), _plain(ref, y, scale, shift, layout)
+    with _engine(engine):
+        out = _run(agg, y, scale, shift, layout)
+    expect = _plain(ref, y, scale, shift, layout)
     gz = torch.randn(out.shape, generator=g, **F64)
     _same_grads(out, expect, (y, scale, shift), (y, scale, shift), gz)
 

@@ -180,3 +180,29 @@ def test_models_infer_the_same_with_the_kernels(name, frames, size, monkeypatch)
     assert n_tpool > 0 and ran == n_tpool
     assert len(calls) == ran  # nothing native while disabled
     torch.testing.assert_close(out, plain, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["ln", "bn"])
+def test_training_kernels_do_not_depend_on_the_thread_count(norm):
+    """The sums over pixels run per fixed chunk and are added in chunk order: one thread and two give the
+    same bits (forward, every gradient, the running statistics)."""
+    torch.manual_seed(3)
+    results = []
+    for threads in (1, 2):
+        agg = (_ln_agg if norm == "ln" else _bn_agg)(32, torch.float32, seed=4).train()
+        y = torch.randn(2, 8, 9, 7, 32, generator=torch.Generator().manual_seed(5))
+        scale = torch.randn(2, 8, 1, 1, 32, generator=torch.Generator().manual_seed(6))
+        if norm == "bn":
+            y, scale = y.permute(0, 4, 1, 2, 3), scale.permute(0, 4, 1, 2, 3)
+        y.requires_grad_(), scale.requires_grad_()
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out = agg.forward_channels_last(y, scale) if norm == "ln" else agg(y, scale)
+            assert out.grad_fn.name().startswith("_NativeTPool")
+            grads = torch.autograd.grad(out, [y, scale, *agg.parameters()], torch.ones_like(out).cos_())
+        finally:
+            torch.set_num_threads(before)
+        results.append([out, *grads, *agg.buffers()])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

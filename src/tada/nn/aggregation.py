@@ -297,22 +297,9 @@ def _native_infer(agg: TemporalAggregation, y: Tensor, scale, shift, channels_la
     values as that composition to rounding (the sums run in another order)."""
     if y.dim() != 5 or not _native_infer_applies(agg, y, channels_last):
         return None
-    yl = y if channels_last else y.permute(0, 2, 3, 4, 1)
-    if not yl.is_contiguous():
+    rows = _native_rows(y, scale, shift, channels_last)
+    if rows is None:
         return None
-    b, t, h, w, c = yl.shape
-    rows = []
-    for v in (scale, shift):
-        if v is not None:
-            if channels_last and v.dim() < 5:  # broadcast over the leading dims, as in the plain composition
-                v = v.reshape((1,) * (5 - v.dim()) + tuple(v.shape))
-            if v.dim() != 5:
-                return None
-            v = v if channels_last else v.permute(0, 2, 3, 4, 1)
-            if v.shape[2] != 1 or v.shape[3] != 1:
-                return None
-            v = v.expand(b, t, 1, 1, c).reshape(b, t, c).to(y.dtype).contiguous()
-        rows.append(v)
     if channels_last:
         n1, n2 = agg.norm1, agg.norm2
         params, ln, eps = (n1.weight, n1.bias, n2.weight, n2.bias), True, (n1.eps, n2.eps)
@@ -320,7 +307,8 @@ def _native_infer(agg: TemporalAggregation, y: Tensor, scale, shift, channels_la
         a1, a2, c12 = _frozen_bns(agg)
         params, ln, eps = (a1, c12, a2, torch.zeros_like(c12)), False, (0.0, 0.0)
     params = [p.detach().to(y.dtype).contiguous() for p in params]
-    out = torch.ops.tada_native.tpool_infer(yl.view(b, t, h * w, c), *rows, *params, ln, *eps)
+    out = torch.ops.tada_native.tpool_infer(*rows, *params, ln, *eps)
+    b, t, h, w, c = y.shape if channels_last else y.permute(0, 2, 3, 4, 1).shape
     out = out.view(b, t, h, w, c)
     return out if channels_last else out.permute(0, 4, 1, 2, 3)
 
@@ -377,7 +365,100 @@ def fused_tpool(agg: TemporalAggregation, y: Tensor, scale, shift, channels_last
     else:
         norms = tuple(("bn", n.eps) + _bn_call(n) for n in (n1, n2))
     tdim = 1 if channels_last else 2
+    if frames is None and (channels_last or all(spec[2] for spec in norms)):  # LayerNorms, or batch statistics
+        rows = _native_rows(y, scale, shift, channels_last)
+        if rows is not None:
+            return _NativeTPool.apply(y, scale, shift, n1.weight, n1.bias, n2.weight, n2.bias, rows, norms)
     return _FusedTPool.apply(y, scale, shift, n1.weight, n1.bias, n2.weight, n2.bias, norms, tdim, frames)
+
+
+def _native_rows(y: Tensor, scale, shift, channels_last: bool):
+    """``(y, scale, shift)`` as the native kernels take them (``y`` viewed ``(B, T, P, C)``, the affine
+    ``(B, T, C)`` contiguous, detached), or None where they cannot: not the CPU, not float32/64, ``y``'s
+    memory not ``(B, T, H, W, C)`` contiguous, an affine that varies over space, or no native kernels."""
+    if y.dim() != 5 or y.device.type != "cpu" or y.dtype not in (torch.float32, torch.float64):
+        return None
+    yl = y if channels_last else y.permute(0, 2, 3, 4, 1)
+    if not yl.is_contiguous():
+        return None
+    b, t, h, w, c = yl.shape
+    rows = [yl.detach().view(b, t, h * w, c)]
+    for v in (scale, shift):
+        if v is not None:
+            if v.dtype != y.dtype or v.device != y.device:
+                return None
+            if channels_last and v.dim() < 5:  # broadcast over the leading dims, as in the plain composition
+                v = v.reshape((1,) * (5 - v.dim()) + tuple(v.shape))
+            if v.dim() != 5:
+                return None
+            v = v if channels_last else v.permute(0, 2, 3, 4, 1)
+            if v.shape[2] != 1 or v.shape[3] != 1:
+                return None
+            v = v.detach().expand(b, t, 1, 1, c).reshape(b, t, c).contiguous()
+        rows.append(v)
+    return rows if _native.available() else None
+
+
+class _NativeTPool(torch.autograd.Function):
+    """T-Pool's default form (``N1(u) + N2(AvgPool_T(u))``, ``u = y * scale + shift``) on channels-last
+    memory as native passes (``csrc/tpool.cpp``), keeping only ``y`` and the affine for backward:
+
+    * LayerNorms: forward is the inference kernel; backward one kernel that recomputes ``u``, the pool and
+      both norms' row statistics from ``y``.
+    * BatchNorms with batch statistics: forward one pass for the per-channel statistics of ``u`` and of
+      its pool (updating the running statistics as ``nn.BatchNorm3d`` does), then the inference kernel
+      with the norms as affines; backward one pass for the per-channel sums, one for the gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, y, scale, shift, w1, b1, w2, b2, rows, norms):
+        yr, sr, hr = rows
+        ctx.shape, ctx.ln = y.shape, norms[0][0] == "ln"
+        ctx.aff_shapes = tuple(None if v is None else v.shape for v in (scale, shift))
+        if ctx.ln:
+            params = [p.detach().contiguous() for p in (w1, b1, w2, b2)]
+            ctx.eps = (norms[0][1], norms[1][1])
+            out = torch.ops.tada_native.tpool_infer(yr, sr, hr, *params, True, *ctx.eps)
+            ctx.save_for_backward(yr, sr, hr, *params)
+            return out.view(y.shape)
+        stats = torch.ops.tada_native.tpool_bn_stats(yr, sr, hr)  # float64 (4, C)
+        n = yr.numel() // yr.shape[-1]
+        affines, norm = [], []
+        for (mean, var), (w, b), spec in zip((stats[:2], stats[2:]), ((w1, b1), (w2, b2)), norms):
+            _, eps, _, momentum, rm, rv = spec
+            if rm is not None:
+                rm.mul_(1 - momentum).add_(mean.to(rm.dtype), alpha=momentum)
+                rv.mul_(1 - momentum).add_((var * (n / max(n - 1, 1))).to(rv.dtype), alpha=momentum)
+            rstd = torch.rsqrt(var + eps)
+            a = w.detach().double() * rstd
+            affines += [a, b.detach().double() - mean * a]
+            norm += [mean, rstd, w.detach().double()]
+        affines = [v.to(y.dtype) for v in affines]
+        out = torch.ops.tada_native.tpool_infer(yr, sr, hr, *affines, False, 0.0, 0.0)
+        ctx.save_for_backward(yr, sr, hr, torch.stack(norm).to(y.dtype))
+        return out.view(yr.shape[:2] + y.shape[3:] + yr.shape[3:]).permute(0, 4, 1, 2, 3)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gz):
+        yr, sr, hr, *rest = ctx.saved_tensors
+        gz = (gz if ctx.ln else gz.permute(0, 2, 3, 4, 1)).contiguous().view(yr.shape)
+        if ctx.ln:
+            gy, gs, gh, gp = torch.ops.tada_native.tpool_ln_backward(gz, yr, sr, hr, *rest, *ctx.eps)
+        else:
+            gy, gs, gh, gp = torch.ops.tada_native.tpool_bn_backward(gz, yr, sr, hr, rest[0])
+        need = ctx.needs_input_grad
+        b, t, c = yr.shape[0], yr.shape[1], yr.shape[3]
+        grads = []
+        for g, shape, n in zip((gs, gh), ctx.aff_shapes, need[1:3]):
+            if n and shape is not None:
+                g = g.view(b, t, 1, 1, c)  # LayerNorms run channels-last; BatchNorms on (B, C, T, H, W)
+                grads.append((g if ctx.ln else g.permute(0, 4, 1, 2, 3)).sum_to_size(shape))
+            else:
+                grads.append(None)
+        gw = [gp[i] if need[3 + i] else None for i in range(4)]
+        gy = gy.view(ctx.shape) if ctx.ln else gy.view(b, t, *ctx.shape[3:], c).permute(0, 4, 1, 2, 3)
+        return (gy if need[0] else None, *grads, *gw, None, None)
 
 
 def _pool_of(u: Tensor, tdim: int, frames: Optional[int], add_to: Optional[Tensor] = None) -> Tensor:
