@@ -11,7 +11,9 @@ Pairs (SPEC §2/§3), batch 1 by default, in one run with the models interleaved
   is 1.05 x its FLOP ratio (printed).
 
 ``--grouped`` adds each TAda model with every TAdaConv switched to ``impl="grouped"`` (the release's
-per-frame kernels); ``--fast`` with every TAdaConv on ``impl="fast"`` (what ``auto`` replaced).
+per-frame kernels); ``--fast`` with every TAdaConv on ``impl="fast"`` (what ``auto`` replaced);
+``--plain-tpool`` the ConvNeXt (8f base) and TAdaFormer pairs again with T-Pool as the plain PyTorch
+composition (the native kernels of ``tada/nn/csrc`` switched off).
 ``--profile`` adds, per pair, a ``torch.profiler`` breakdown of one training step and one inference
 of both models: the time in each kind of module (blocks, TAdaConvs, routing, T-Pool; forward, from
 ``record_function`` marks) and the ten costliest ops by self time and by memory. ``--plugins`` times the plug-in backbones instead (Table 3c: SlowOnly 8 frames,
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 
 from _common import iter_tensors, machine_info, peak_memory_growth, peak_tensor_bytes, sync
 from tada import create_model
-from tada.nn import TAdaConv2d
+from tada.nn import TAdaConv2d, _native
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Run:
     frames: int
     size: int = 224
     impl: str = ""  # "" (the model's default, auto), "grouped" or "fast": every TAdaConv switched to it
+    native: bool = True  # False: the native T-Pool kernels switched off (tada.nn._native.disabled)
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def plugin_pairs(size: int):
     return [Pair(Run(f"{t} {f}f", t, f, size), Run(f"{b} {f}f", b, f, size)) for t, b, f in PLUGINS]
 
 
-def pairs(grouped: bool, fast: bool = False):
+def pairs(grouped: bool, fast: bool = False, plain_tpool: bool = False):
     r50 = Run("tsn_r50 8f", "tsn_r50", 8)
     t2d = Run("tada2d_r50 8f", "tada2d_r50", 8)
     cnx16 = Run("tsn_convnext_tiny 16f", "tsn_convnext_tiny", 16)
@@ -83,6 +86,9 @@ def pairs(grouped: bool, fast: bool = False):
     for flag, impl in ((grouped, "grouped"), (fast, "fast")):
         if flag:
             out += [Pair(Run(f"{t.label} {impl}", t.model, t.frames, impl=impl), t) for t in (t2d, tcn, tfm)]
+    if plain_tpool:  # the same TAda models with T-Pool as the PyTorch composition, against the same bases
+        out += [Pair(Run(f"{pr.tada.label} plain-tpool", pr.tada.model, pr.tada.frames, native=False), pr.base)
+                for pr in out[:4] if pr.tada.model != "tada2d_r50" and pr.base is not cnx16]
     return out
 
 
@@ -104,17 +110,21 @@ class Bench:
             torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
         )
 
+    def _tpool(self):
+        return nullcontext() if self.run.native else _native.disabled()
+
     def infer(self):
         self.model.eval()
-        with torch.no_grad(), self.autocast:
+        with torch.no_grad(), self.autocast, self._tpool():
             self.model(self.x)
 
     def train_step(self):
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        with self.autocast:
-            loss = F.cross_entropy(self.model(self.x), self.y)
-        loss.backward()
+        with self._tpool():
+            with self.autocast:
+                loss = F.cross_entropy(self.model(self.x), self.y)
+            loss.backward()
         self.opt.step()
 
 
@@ -245,6 +255,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--grouped", action="store_true", help="also time TAda with the release's grouped operator")
     p.add_argument("--fast", action="store_true", help="also time TAda with impl='fast' everywhere (no auto choice)")
+    p.add_argument("--plain-tpool", action="store_true",
+                   help="also time the ConvNeXt and TAdaFormer pairs with the native T-Pool kernels switched off")
     p.add_argument("--profile", action="store_true", help="torch.profiler breakdown per pair (see the module doc)")
     p.add_argument("--plugins", action="store_true", help="the plug-in backbones (SlowOnly, SlowFast, R(2+1)D, R3D)")
     p.add_argument("--size", type=int, default=112, help="input size of the --plugins runs (default 112)")
@@ -261,7 +273,7 @@ def main(argv=None):
     info = machine_info(device)
     print(f"# Model speed: {info['device']}, torch {info['torch']}, {info['threads']} threads, "
           f"{args.dtype}, batch {args.batch}" + (f", plug-in backbones at {args.size}²" if args.plugins else ""))
-    prs = plugin_pairs(args.size) if args.plugins else pairs(args.grouped, args.fast)
+    prs = plugin_pairs(args.size) if args.plugins else pairs(args.grouped, args.fast, args.plain_tpool)
     if args.only:
         prs = [pr for pr in prs if args.only in pr.tada.model]
         if not prs:

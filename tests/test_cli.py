@@ -9,6 +9,13 @@ def test_env_prints_versions(capsys):
     assert main(["env"]) == 0
     out = capsys.readouterr().out
     assert f"tada        {tada.__version__}" in out and "torch" in out
+    assert "native      T-Pool CPU kernels " in out
+
+
+def test_env_reports_native_kernels_switched_off(capsys, monkeypatch):
+    monkeypatch.setenv("TADA_NATIVE", "0")
+    assert main(["env"]) == 0
+    assert "T-Pool CPU kernels switched off (TADA_NATIVE=0)" in capsys.readouterr().out
 
 
 def test_console_script_is_installed():

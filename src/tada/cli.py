@@ -18,6 +18,11 @@ def _env(_: argparse.Namespace) -> int:
     print(f"torch       {torch.__version__} (threads {torch.get_num_threads()})")
     print(f"cuda        {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}")
     print(f"platform    {platform.platform()}  {platform.processor() or platform.machine()}")
+    from tada.nn import _native
+
+    state = ("switched off (TADA_NATIVE=0)" if os.environ.get("TADA_NATIVE", "1") == "0"
+             else "built" if _native.available() else "not available (no C++ compiler?)")
+    print(f"native      T-Pool CPU kernels {state}")
     return 0
 
 
