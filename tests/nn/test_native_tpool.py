@@ -1,7 +1,10 @@
 """The native T-Pool kernels (``tada/nn/csrc/tpool.cpp``) against the plain PyTorch composition they
 replace: the same values (float64 to 1e-12, float32 to rounding), in the same layout, on the shapes
 and forms the models use, and stepping aside wherever they do not apply."""
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -206,3 +209,26 @@ def test_training_kernels_do_not_depend_on_the_thread_count(norm):
         results.append([out, *grads, *agg.buffers()])
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_a_failed_build_falls_back_with_one_warning(tmp_path):
+    """Where the kernels cannot be compiled (here: a compiler that always fails, and an empty build
+    cache), T-Pool runs as the PyTorch composition with one warning that says what to do."""
+    code = (
+        "import warnings, torch\n"
+        "from tada.nn import TemporalAggregation, _native\n"
+        "agg = TemporalAggregation(8, norm='ln').eval()\n"
+        "y = torch.randn(1, 4, 3, 3, 8)\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    with torch.no_grad():\n"
+        "        out = agg.forward_channels_last(y)\n"
+        "        again = agg.forward_channels_last(y)\n"
+        "msgs = [str(x.message) for x in w if 'native T-Pool kernels could not be built' in str(x.message)]\n"
+        "print(_native.available(), len(msgs), 'TADA_NATIVE=0' in msgs[0], torch.equal(out, again), out.shape)\n"
+    )
+    env = dict(os.environ, CXX="/bin/false", TORCH_EXTENSIONS_DIR=str(tmp_path))
+    env.pop("TADA_NATIVE", None)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "1", "True", "True", "torch.Size([1,", "4,", "3,", "3,", "8])"]
