@@ -59,10 +59,11 @@ struct Problem {
 template <typename scalar_t>
 struct Rows {
   const Problem<scalar_t>& pr;
-  std::vector<scalar_t> zbuf, pbuf, gbuf, ones, zeros;
-  Rows(const Problem<scalar_t>& pr, bool grad)
+  std::vector<scalar_t> zbuf, pbuf, gbuf, ones, zeros, local;
+  Rows(const Problem<scalar_t>& pr, bool grad, int64_t extra = 0)
       : pr(pr), zbuf((pr.T + 2) * pr.C, scalar_t(0)), pbuf((pr.T + 2) * pr.C, scalar_t(0)),
-        gbuf(grad ? (pr.T + 2) * pr.C : 0, scalar_t(0)), ones(pr.C, scalar_t(1)), zeros(pr.C, scalar_t(0)) {}
+        gbuf(grad ? (pr.T + 2) * pr.C : 0, scalar_t(0)), ones(pr.C, scalar_t(1)), zeros(pr.C, scalar_t(0)),
+        local(extra) {}
   scalar_t* z(int64_t t) { return zbuf.data() + (t + 1) * pr.C; }
   scalar_t* pooled(int64_t t) { return pbuf.data() + (t + 1) * pr.C; }
   scalar_t* gpooled(int64_t t) { return gbuf.data() + (t + 1) * pr.C; }
@@ -96,6 +97,17 @@ struct Rows {
   }
 };
 
+// One Rows per thread, allocated here on the calling thread (not inside the parallel region, where
+// glibc would serve each worker from its own arena), picked by at::get_thread_num().
+template <typename scalar_t>
+std::vector<Rows<scalar_t>> thread_rows(const Problem<scalar_t>& pr, bool grad, int64_t extra = 0) {
+  std::vector<Rows<scalar_t>> rows;
+  const int n = std::max(1, at::get_num_threads());
+  rows.reserve(n);
+  for (int i = 0; i < n; ++i) rows.emplace_back(pr, grad, extra);
+  return rows;
+}
+
 template <typename scalar_t>
 inline void row_moments(const scalar_t* __restrict__ x, int64_t n, scalar_t eps, scalar_t& mean, scalar_t& rstd) {
   scalar_t s = 0;
@@ -116,8 +128,9 @@ void infer_kernel(const Problem<scalar_t>& pr, const scalar_t* W1, const scalar_
                   const scalar_t* B2, bool ln, scalar_t e1, scalar_t e2, scalar_t* O) {
   const Chunks ch(pr.B, pr.P);
   const int64_t C = pr.C;
+  auto pool = thread_rows(pr, false);
   at::parallel_for(0, ch.count, 1, [&](int64_t lo, int64_t hi) {
-    Rows<scalar_t> rows(pr, false);
+    Rows<scalar_t>& rows = pool[at::get_thread_num()];
     for (int64_t k = lo; k < hi; ++k) {
       const int64_t b = ch.video(k);
       for (int64_t p = ch.first(k); p < ch.last(k, pr.P); ++p) {
@@ -265,8 +278,9 @@ void ln_backward_kernel(const Problem<scalar_t>& pr, const scalar_t* G, const sc
   const Chunks ch(pr.B, pr.P);
   const int64_t C = pr.C, TC = pr.T * C, width = 2 * TC + 4 * C;
   std::vector<scalar_t> acc(ch.count * width, scalar_t(0));
+  auto pool = thread_rows(pr, true);
   at::parallel_for(0, ch.count, 1, [&](int64_t lo, int64_t hi) {
-    Rows<scalar_t> rows(pr, true);
+    Rows<scalar_t>& rows = pool[at::get_thread_num()];
     for (int64_t k = lo; k < hi; ++k) {
       const int64_t b = ch.video(k);
       scalar_t* a = acc.data() + k * width;
@@ -304,11 +318,11 @@ void bn_stats_kernel(const Problem<scalar_t>& pr, double* st) {
   first.load(0, 0);
   const std::vector<scalar_t> Kz(first.z(0), first.z(0) + C), Kp(first.pooled(0), first.pooled(0) + C);
   std::vector<double> acc(ch.count * 4 * C);
+  auto pool = thread_rows(pr, false, 4 * C);
   at::parallel_for(0, ch.count, 1, [&](int64_t lo, int64_t hi) {
-    Rows<scalar_t> rows(pr, false);
-    std::vector<scalar_t> local(4 * C);
+    Rows<scalar_t>& rows = pool[at::get_thread_num()];
     for (int64_t k = lo; k < hi; ++k) {
-      scalar_t* __restrict__ a = local.data();
+      scalar_t* __restrict__ a = rows.local.data();
       std::fill(a, a + 4 * C, scalar_t(0));
       for (int64_t p = ch.first(k); p < ch.last(k, pr.P); ++p) {
         rows.load(ch.video(k), p);
@@ -343,11 +357,11 @@ void bn_backward_kernel(const Problem<scalar_t>& pr, const scalar_t* G, const sc
   const int64_t C = pr.C, TC = pr.T * C;
   const scalar_t *M1 = NM, *R1 = NM + C, *W1 = NM + 2 * C, *M2 = NM + 3 * C, *R2 = NM + 4 * C, *W2 = NM + 5 * C;
   std::vector<double> acc(ch.count * 3 * C);
+  auto pool = thread_rows(pr, false, 3 * C);
   at::parallel_for(0, ch.count, 1, [&](int64_t lo, int64_t hi) {
-    Rows<scalar_t> rows(pr, false);
-    std::vector<scalar_t> local(3 * C);
+    Rows<scalar_t>& rows = pool[at::get_thread_num()];
     for (int64_t k = lo; k < hi; ++k) {
-      scalar_t* __restrict__ a = local.data();
+      scalar_t* __restrict__ a = rows.local.data();
       std::fill(a, a + 3 * C, scalar_t(0));
       for (int64_t p = ch.first(k); p < ch.last(k, pr.P); ++p) {
         rows.load(ch.video(k), p);
@@ -378,8 +392,9 @@ void bn_backward_kernel(const Problem<scalar_t>& pr, const scalar_t* G, const sc
   const scalar_t *K1 = q.data(), *Q0 = K1 + C, *Q1 = Q0 + C, *K2 = Q1 + C, *Q2 = K2 + C;
   const int64_t width = 2 * TC;
   std::vector<scalar_t> sacc(ch.count * width, scalar_t(0));
+  auto pool2 = thread_rows(pr, true);
   at::parallel_for(0, ch.count, 1, [&](int64_t lo, int64_t hi) {
-    Rows<scalar_t> rows(pr, true);
+    Rows<scalar_t>& rows = pool2[at::get_thread_num()];
     for (int64_t k = lo; k < hi; ++k) {
       const int64_t b = ch.video(k);
       scalar_t* a = sacc.data() + k * width;
