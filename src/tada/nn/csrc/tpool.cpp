@@ -266,6 +266,32 @@ void add_chunks(const Chunks& ch, const Problem<scalar_t>& pr, const std::vector
   }
 }
 
+// The backward pass shared by both norms: per (b, p), grads(rows, b, p, t, a) writes row t's gradient
+// through N1 into GY's row and through N2 into rows.gpooled(t) (and may add per-chunk sums into a, after
+// the 2*T*C affine sums); then gu = that + pool(gpooled), and finish_rows. Returns the per-chunk sums.
+template <typename scalar_t, typename Grads>
+std::vector<scalar_t> grad_pass(const Problem<scalar_t>& pr, const Chunks& ch, int64_t width, scalar_t* GY,
+                                const Grads& grads) {
+  const int64_t C = pr.C, TC = pr.T * C;
+  std::vector<scalar_t> acc(ch.count * width, scalar_t(0));
+  auto pool = thread_rows(pr, true);
+  at::parallel_for(0, ch.count, 1, [&](int64_t lo, int64_t hi) {
+    Rows<scalar_t>& rows = pool[at::get_thread_num()];
+    for (int64_t k = lo; k < hi; ++k) {
+      const int64_t b = ch.video(k);
+      scalar_t* a = acc.data() + k * width;
+      for (int64_t p = ch.first(k); p < ch.last(k, pr.P); ++p) {
+        rows.load(b, p);
+        for (int64_t t = 0; t < pr.T; ++t) grads(rows, b, p, t, a + 2 * TC);
+        rows.pool(rows.gbuf.data(), rows.pbuf.data());  // pbuf := pool(gp) (the pooled z is no longer needed)
+        for (int64_t t = 0; t < pr.T; ++t) add_row(C, GY + pr.at(b, t, p), rows.pooled(t));
+        finish_rows(rows, b, p, GY, a, a + TC);
+      }
+    }
+  });
+  return acc;
+}
+
 // ---- LayerNorm backward ------------------------------------------------------------------------------
 // For every row, with g1 = gz * w1 and x1 = (z - mean1) * rstd1 (likewise g2, x2 for the pooled row):
 //   gz1 = rstd1 * (g1 - mean_c(g1) - x1 * mean_c(g1 * x1))       (LayerNorm's input gradient)
@@ -277,37 +303,47 @@ void ln_backward_kernel(const Problem<scalar_t>& pr, const scalar_t* G, const sc
                         scalar_t e1, scalar_t e2, scalar_t* GY, scalar_t* GS, scalar_t* GH, scalar_t* GPm) {
   const Chunks ch(pr.B, pr.P);
   const int64_t C = pr.C, TC = pr.T * C, width = 2 * TC + 4 * C;
-  std::vector<scalar_t> acc(ch.count * width, scalar_t(0));
-  auto pool = thread_rows(pr, true);
-  at::parallel_for(0, ch.count, 1, [&](int64_t lo, int64_t hi) {
-    Rows<scalar_t>& rows = pool[at::get_thread_num()];
-    for (int64_t k = lo; k < hi; ++k) {
-      const int64_t b = ch.video(k);
-      scalar_t* a = acc.data() + k * width;
-      scalar_t *gw1 = a + 2 * TC, *gb = gw1 + C, *gw2 = gb + C;  // (gb2 == gb1: both are sum gz)
-      for (int64_t p = ch.first(k); p < ch.last(k, pr.P); ++p) {
-        rows.load(b, p);
-        for (int64_t t = 0; t < pr.T; ++t) {
-          const scalar_t* zr = rows.z(t);
-          const scalar_t* pz = rows.pooled(t);
-          scalar_t m1, r1, m2, r2;
-          row_moments(zr, C, e1, m1, r1);
-          row_moments(pz, C, e2, m2, r2);
-          // LN1's input gradient into gy's row (finished below), the pooled row's into gpooled
-          ln_row_grads(C, G + pr.at(b, t, p), zr, pz, W1, W2, m1, r1, m2, r2, gw1, gw2, gb, GY + pr.at(b, t, p),
-                       rows.gpooled(t));
-        }
-        rows.pool(rows.gbuf.data(), rows.pbuf.data());  // pbuf := pool(gp) (the pooled z is no longer needed)
-        for (int64_t t = 0; t < pr.T; ++t) add_row(C, GY + pr.at(b, t, p), rows.pooled(t));
-        finish_rows(rows, b, p, GY, a, a + TC);
-      }
-    }
+  const std::vector<scalar_t> acc = grad_pass(pr, ch, width, GY, [&](Rows<scalar_t>& rows, int64_t b, int64_t p,
+                                                                    int64_t t, scalar_t* a) {
+    scalar_t *gw1 = a, *gb = a + C, *gw2 = a + 2 * C;  // (gb2 == gb1: both are sum gz)
+    const scalar_t* zr = rows.z(t);
+    const scalar_t* pz = rows.pooled(t);
+    scalar_t m1, r1, m2, r2;
+    row_moments(zr, C, e1, m1, r1);
+    row_moments(pz, C, e2, m2, r2);
+    ln_row_grads(C, G + pr.at(b, t, p), zr, pz, W1, W2, m1, r1, m2, r2, gw1, gw2, gb, GY + pr.at(b, t, p),
+                 rows.gpooled(t));
   });
   add_chunks(ch, pr, acc, width, GS, GH, GPm, 3 * C);
   std::copy(GPm + C, GPm + 2 * C, GPm + 3 * C);  // gb2 = gb1
 }
 
 // ---- BatchNorm (batch statistics): forward statistics and backward -----------------------------------
+// Per-channel sums over every pixel and frame: row(rows, b, p, t, a) adds one row's terms into a (width
+// values, of scalar_t) per chunk; the chunks' sums are added in chunk order in float64.
+template <typename scalar_t, typename Row>
+std::vector<double> chunk_sums(const Problem<scalar_t>& pr, const Chunks& ch, int64_t width, const Row& row) {
+  std::vector<double> acc(ch.count * width);
+  auto pool = thread_rows(pr, false, width);
+  at::parallel_for(0, ch.count, 1, [&](int64_t lo, int64_t hi) {
+    Rows<scalar_t>& rows = pool[at::get_thread_num()];
+    for (int64_t k = lo; k < hi; ++k) {
+      scalar_t* a = rows.local.data();
+      std::fill(a, a + width, scalar_t(0));
+      const int64_t b = ch.video(k);
+      for (int64_t p = ch.first(k); p < ch.last(k, pr.P); ++p) {
+        rows.load(b, p);
+        for (int64_t t = 0; t < pr.T; ++t) row(rows, b, p, t, a);
+      }
+      std::copy(a, a + width, acc.begin() + k * width);
+    }
+  });
+  std::vector<double> tot(width, 0.0);
+  for (int64_t k = 0; k < ch.count; ++k)
+    for (int64_t i = 0; i < width; ++i) tot[i] += acc[k * width + i];
+  return tot;
+}
+
 // Per channel, the mean and (biased) variance over (B, T, P) of z and of the pooled z, as float64 (4, C).
 // The sums are shifted by the first pixel's values, so that a large mean does not cancel the variance.
 template <typename scalar_t>
@@ -317,25 +353,9 @@ void bn_stats_kernel(const Problem<scalar_t>& pr, double* st) {
   Rows<scalar_t> first(pr, false);
   first.load(0, 0);
   const std::vector<scalar_t> Kz(first.z(0), first.z(0) + C), Kp(first.pooled(0), first.pooled(0) + C);
-  std::vector<double> acc(ch.count * 4 * C);
-  auto pool = thread_rows(pr, false, 4 * C);
-  at::parallel_for(0, ch.count, 1, [&](int64_t lo, int64_t hi) {
-    Rows<scalar_t>& rows = pool[at::get_thread_num()];
-    for (int64_t k = lo; k < hi; ++k) {
-      scalar_t* __restrict__ a = rows.local.data();
-      std::fill(a, a + 4 * C, scalar_t(0));
-      for (int64_t p = ch.first(k); p < ch.last(k, pr.P); ++p) {
-        rows.load(ch.video(k), p);
-        for (int64_t t = 0; t < pr.T; ++t) {
-          shifted_moments_row(C, rows.z(t), rows.pooled(t), Kz.data(), Kp.data(), a, a + C, a + 2 * C, a + 3 * C);
-        }
-      }
-      std::copy(a, a + 4 * C, acc.begin() + k * 4 * C);
-    }
+  const std::vector<double> tot = chunk_sums(pr, ch, 4 * C, [&](Rows<scalar_t>& rows, int64_t, int64_t, int64_t t, scalar_t* a) {
+    shifted_moments_row(C, rows.z(t), rows.pooled(t), Kz.data(), Kp.data(), a, a + C, a + 2 * C, a + 3 * C);
   });
-  std::vector<double> tot(4 * C, 0.0);
-  for (int64_t k = 0; k < ch.count; ++k)
-    for (int64_t i = 0; i < 4 * C; ++i) tot[i] += acc[k * 4 * C + i];
   const double n = static_cast<double>(pr.B * pr.T * pr.P);
   for (int64_t c = 0; c < C; ++c) {
     for (int j = 0; j < 2; ++j) {
@@ -356,25 +376,10 @@ void bn_backward_kernel(const Problem<scalar_t>& pr, const scalar_t* G, const sc
   const Chunks ch(pr.B, pr.P);
   const int64_t C = pr.C, TC = pr.T * C;
   const scalar_t *M1 = NM, *R1 = NM + C, *W1 = NM + 2 * C, *M2 = NM + 3 * C, *R2 = NM + 4 * C, *W2 = NM + 5 * C;
-  std::vector<double> acc(ch.count * 3 * C);
-  auto pool = thread_rows(pr, false, 3 * C);
-  at::parallel_for(0, ch.count, 1, [&](int64_t lo, int64_t hi) {
-    Rows<scalar_t>& rows = pool[at::get_thread_num()];
-    for (int64_t k = lo; k < hi; ++k) {
-      scalar_t* __restrict__ a = rows.local.data();
-      std::fill(a, a + 3 * C, scalar_t(0));
-      for (int64_t p = ch.first(k); p < ch.last(k, pr.P); ++p) {
-        rows.load(ch.video(k), p);
-        for (int64_t t = 0; t < pr.T; ++t) {
-          bn_sums_row(C, G + pr.at(ch.video(k), t, p), rows.z(t), rows.pooled(t), M1, R1, M2, R2, a, a + C, a + 2 * C);
-        }
-      }
-      std::copy(a, a + 3 * C, acc.begin() + k * 3 * C);
-    }
+  const std::vector<double> tot = chunk_sums(pr, ch, 3 * C, [&](Rows<scalar_t>& rows, int64_t b, int64_t p, int64_t t,
+                                                                scalar_t* a) {
+    bn_sums_row(C, G + pr.at(b, t, p), rows.z(t), rows.pooled(t), M1, R1, M2, R2, a, a + C, a + 2 * C);
   });
-  std::vector<double> tot(3 * C, 0.0);
-  for (int64_t k = 0; k < ch.count; ++k)
-    for (int64_t i = 0; i < 3 * C; ++i) tot[i] += acc[k * 3 * C + i];
   const double n = static_cast<double>(pr.B * pr.T * pr.P);
   // per channel: k1 = w1 * rstd1, q0 = sum(gz) / N, q1 = sum(gz x1) / N * rstd1 (likewise for the pool)
   std::vector<scalar_t> q(6 * C);
@@ -391,24 +396,10 @@ void bn_backward_kernel(const Problem<scalar_t>& pr, const scalar_t* G, const sc
   }
   const scalar_t *K1 = q.data(), *Q0 = K1 + C, *Q1 = Q0 + C, *K2 = Q1 + C, *Q2 = K2 + C;
   const int64_t width = 2 * TC;
-  std::vector<scalar_t> sacc(ch.count * width, scalar_t(0));
-  auto pool2 = thread_rows(pr, true);
-  at::parallel_for(0, ch.count, 1, [&](int64_t lo, int64_t hi) {
-    Rows<scalar_t>& rows = pool2[at::get_thread_num()];
-    for (int64_t k = lo; k < hi; ++k) {
-      const int64_t b = ch.video(k);
-      scalar_t* a = sacc.data() + k * width;
-      for (int64_t p = ch.first(k); p < ch.last(k, pr.P); ++p) {
-        rows.load(b, p);
-        for (int64_t t = 0; t < pr.T; ++t) {
-          bn_row_grads(C, G + pr.at(b, t, p), rows.z(t), rows.pooled(t), M1, K1, Q1, M2, K2, Q2, Q0,
-                       GY + pr.at(b, t, p), rows.gpooled(t));
-        }
-        rows.pool(rows.gbuf.data(), rows.pbuf.data());
-        for (int64_t t = 0; t < pr.T; ++t) add_row(C, GY + pr.at(b, t, p), rows.pooled(t));
-        finish_rows(rows, b, p, GY, a, a + TC);
-      }
-    }
+  const std::vector<scalar_t> sacc = grad_pass(pr, ch, width, GY, [&](Rows<scalar_t>& rows, int64_t b, int64_t p,
+                                                                     int64_t t, scalar_t*) {
+    bn_row_grads(C, G + pr.at(b, t, p), rows.z(t), rows.pooled(t), M1, K1, Q1, M2, K2, Q2, Q0, GY + pr.at(b, t, p),
+                 rows.gpooled(t));
   });
   add_chunks<scalar_t>(ch, pr, sacc, width, GS, GH, nullptr, 0);
 }
