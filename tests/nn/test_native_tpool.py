@@ -232,3 +232,41 @@ def test_a_failed_build_falls_back_with_one_warning(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "1", "True", "True", "torch.Size([1,", "4,", "3,", "3,", "8])"]
+
+
+def test_batchnorm_training_forms():
+    """Channels-last BatchNorm T-Pool in training: ``momentum=None`` (the cumulative average) over three
+    steps moves the running statistics as the plain BatchNorms do; an eval-mode BatchNorm that still
+    needs a gradient (frozen statistics) and norms without a bias take the PyTorch node instead."""
+    import copy
+
+    agg = _bn_agg(8, torch.float64).train()
+    agg.norm1.momentum = agg.norm2.momentum = None
+    ref = copy.deepcopy(agg)
+    g = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        y = torch.randn(2, 4, 3, 3, 8, generator=g, dtype=torch.float64).permute(0, 4, 1, 2, 3).requires_grad_()
+        out = agg(y)
+        assert out.grad_fn.name().startswith("_NativeTPool")
+        torch.testing.assert_close(out, _by_hand_bn_train(ref, y), rtol=1e-12, atol=1e-12)
+    for n, r in ((agg.norm1, ref.norm1), (agg.norm2, ref.norm2)):
+        torch.testing.assert_close(n.running_mean, r.running_mean, rtol=0, atol=1e-14)
+        torch.testing.assert_close(n.running_var, r.running_var, rtol=0, atol=1e-14)
+        assert n.num_batches_tracked == r.num_batches_tracked == 3
+    agg.eval()
+    assert agg(y).grad_fn.name().startswith("_FusedTPool")
+    ln = TemporalAggregation(8, norm="ln")
+    ln.norm1 = torch.nn.LayerNorm(8, bias=False)
+    out = ln.forward_channels_last(torch.randn(2, 4, 3, 3, 8, requires_grad=True))
+    assert out.grad_fn.name().startswith("_FusedTPool")
+
+
+def _by_hand_bn_train(agg, y):
+    """Both BatchNorms in training mode with the cumulative-average momentum, as ``nn.BatchNorm3d`` with
+    ``momentum=None`` runs them."""
+    out = 0
+    for n, v in ((agg.norm1, y), (agg.norm2, temporal_pool(y))):
+        n.num_batches_tracked += 1
+        out = out + F.batch_norm(v, n.running_mean, n.running_var, n.weight, n.bias, True,
+                                 1.0 / float(n.num_batches_tracked), n.eps)
+    return out

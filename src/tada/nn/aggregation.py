@@ -365,7 +365,9 @@ def fused_tpool(agg: TemporalAggregation, y: Tensor, scale, shift, channels_last
     else:
         norms = tuple(("bn", n.eps) + _bn_call(n) for n in (n1, n2))
     tdim = 1 if channels_last else 2
-    if frames is None and (channels_last or all(spec[2] for spec in norms)):  # LayerNorms, or batch statistics
+    # the native kernels: LayerNorms, or BatchNorms with batch statistics; both norms with a bias
+    if frames is None and (channels_last or all(spec[2] for spec in norms)) and n1.bias is not None \
+            and n2.bias is not None:
         rows = _native_rows(y, scale, shift, channels_last)
         if rows is not None:
             return _NativeTPool.apply(y, scale, shift, n1.weight, n1.bias, n2.weight, n2.bias, rows, norms)
