@@ -267,11 +267,14 @@ def main(argv=None):
                    help="CPU: time with tada.utils.tune_cpu_allocator() (glibc keeps freed blocks: no page faults "
                         "on fresh activations); the memory runs keep the default allocator")
     p.add_argument("--flush-denormal", action="store_true",
-                   help="torch.set_flush_denormal(True): subnormal floats as zero. At init ConvNeXt's layer scale "
-                        "(1e-6) makes its gradients subnormal, and x86 matrix products on them run many times "
-                        "slower, in TAda and base alike (the memory runs keep the default)")
+                   help="torch.set_flush_denormal(True) (set before any parallel op, so that every thread has it): "
+                        "subnormal floats as zero. At init ConvNeXt's layer scale (1e-6) makes its gradients "
+                        "subnormal, and x86 matrix products on them run several times slower, in whichever "
+                        "model and thread meets them (the memory runs keep the default)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.flush_denormal:  # before any parallel op: the flag is per thread, and new threads inherit it
+        print(f"  flush denormal: {torch.set_flush_denormal(True)}", file=sys.stderr, flush=True)
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     info = machine_info(device)
@@ -296,8 +299,6 @@ def main(argv=None):
         from tada.utils import tune_cpu_allocator
 
         print(f"  tuned allocator: {tune_cpu_allocator()}", file=sys.stderr, flush=True)
-    if args.flush_denormal:
-        print(f"  flush denormal: {torch.set_flush_denormal(True)}", file=sys.stderr, flush=True)
     times = time_all(runs, device, dtype, args.batch, args.repeats, args.warmup)
 
     from tada.models.flops import profile as flop_profile
