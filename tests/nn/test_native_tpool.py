@@ -270,3 +270,25 @@ def _by_hand_bn_train(agg, y):
         out = out + F.batch_norm(v, n.running_mean, n.running_var, n.weight, n.bias, True,
                                  1.0 / float(n.num_batches_tracked), n.eps)
     return out
+
+
+def test_builds_without_ninja_on_path(tmp_path):
+    """The ``ninja`` package installs its binary beside this Python, which is not on PATH when the
+    environment is not activated: the build finds it there (here PATH holds the compiler tools only)."""
+    pytest.importorskip("ninja")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("c++", "g++", "gcc", "cc", "as", "ld"):
+        found = shutil.which(name)
+        if found:
+            (tools / name).symlink_to(found)
+            real = os.path.realpath(found)
+            if not (tools / os.path.basename(real)).exists():
+                (tools / os.path.basename(real)).symlink_to(real)
+    env = dict(os.environ, PATH=str(tools), TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))
+    env.pop("TADA_NATIVE", None)
+    assert shutil.which("ninja", path=str(tools)) is None
+    res = subprocess.run([sys.executable, "-c", "from tada.nn import _native; print(_native.available())"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["True"], res.stderr

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -60,6 +61,17 @@ def _cpu_tag() -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
+def _find_ninja() -> None:
+    """PyTorch's extension build runs ``ninja`` from PATH; the ``ninja`` package (a dependency) installs it
+    beside this Python, which is not on PATH when the environment is not activated."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError:
+            return
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 def _build() -> bool:
     if hasattr(torch.ops, "tada_native") and hasattr(torch.ops.tada_native, "tpool_infer"):
         return True  # loaded already (e.g. by another copy of this module)
@@ -72,6 +84,7 @@ def _build() -> bool:
             from torch.utils.cpp_extension import load
         finally:
             log.setLevel(level)
+        _find_ninja()
         load(name=f"tada_native_{_cpu_tag()}", sources=[str(csrc / s) for s in _SOURCES], extra_cflags=_CFLAGS,
              extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
         return hasattr(torch.ops.tada_native, "tpool_infer")
