@@ -45,6 +45,8 @@ __all__ = [
     "Conv2plus1d",
     "Bottleneck",
     "aggregate_frame_major",
+    "conv_then_tpool",
+    "channels_last_view",
     "conv2d",
     "conv3d",
     "tada_conv2d",
@@ -107,6 +109,28 @@ class FrameMaxPool2d(nn.MaxPool2d):
             return super().forward(x)
         b, t = x.shape[0], x.shape[2]
         return batch_to_frames(super().forward(frames_to_batch(x)), b, t)
+
+
+def conv_then_tpool(conv: nn.Module, agg: TemporalAggregation, x: Tensor, *, channels_last: bool = False) -> Tensor:
+    """``agg(conv(x))`` for ``x`` ``(B, C, T, H, W)``. A ``cout`` :class:`TAdaConv2d` hands its per-frame
+    affine over (``split=True``) where T-Pool applies it inside its own pass
+    (:meth:`TemporalAggregation.takes_affine`). ``channels_last=True``: T-Pool runs on the
+    ``(B, T, H, W, C)`` view of the conv output (LayerNorms over the last dim) and returns that layout."""
+    if isinstance(conv, TAdaConv2d) and agg.takes_affine(x, channels_last=channels_last):
+        y, scale, shift = conv(x, split=True)
+    else:
+        y, scale, shift = conv(x), None, None
+    if not channels_last:
+        return agg(y, scale, shift)
+    scale, shift = (None if t is None else t.permute(0, 2, 3, 4, 1) for t in (scale, shift))
+    return agg.forward_channels_last(channels_last_view(y), scale, shift)
+
+
+def channels_last_view(x: Tensor) -> Tensor:
+    """``(B, C, T, H, W) -> (B, T, H, W, C)``: a view when the memory is already channels-last (always
+    on CPU / CUDA for channels-last conv inputs), else one copy."""
+    x = x.permute(0, 2, 3, 4, 1)
+    return x if x.is_contiguous() else x.contiguous()
 
 
 def aggregate_frame_major(agg: TemporalAggregation, y: Tensor, frames: int) -> Tensor:

@@ -56,6 +56,7 @@ from ..nn import QuickGELU, TAdaConv2d, TemporalAggregation
 from ..nn.calibration import ROUTING_TYPES, routing_names
 from ..nn.functional import batch_to_frames, frames_to_batch
 from ._checks import check_pos_int_seq
+from .builders import channels_last_view, conv_then_tpool
 from .base import VideoClassifier
 from .convert import (Rule, apply_rules, conv3d_to_conv2d, conv_to_linear, convert_released_route_attn, flatten,
                       squeeze_tada_bias, squeeze_tada_weight)
@@ -130,14 +131,7 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(x).permute(0, 4, 1, 2, 3)
-        return _channels_last(self.conv(x))
-
-
-def _channels_last(x: Tensor) -> Tensor:
-    """``(B, C, T, H, W) -> (B, T, H, W, C)``: a view when the memory is already channels-last (always
-    on CPU / CUDA for channels-last conv inputs), else one copy."""
-    x = x.permute(0, 2, 3, 4, 1)
-    return x if x.is_contiguous() else x.contiguous()
+        return channels_last_view(self.conv(x))
 
 
 class ConvNeXtBlock(nn.Module):
@@ -199,13 +193,7 @@ class ConvNeXtBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x5 = x.permute(0, 4, 1, 2, 3)  # (B, C, T, H, W), channels-last memory
         if self.tpool is not None:  # in channels-last memory throughout (no layout round trip)
-            if isinstance(self.conv_dw, TAdaConv2d) and self.tpool.takes_affine(x, channels_last=True):
-                # the calibration's multiply (and the calibrated bias) run inside T-Pool's pass
-                y, scale, shift = self.conv_dw(x5, split=True)
-                y = self.tpool.forward_channels_last(_channels_last(y), *(
-                    None if t is None else t.permute(0, 2, 3, 4, 1) for t in (scale, shift)))
-            else:
-                y = self.tpool.forward_channels_last(_channels_last(self.conv_dw(x5)))
+            y = conv_then_tpool(self.conv_dw, self.tpool, x5, channels_last=True)
         else:
             y = self.conv_dw(x5)
             y = self.norm(y.permute(0, 2, 3, 4, 1))

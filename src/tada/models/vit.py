@@ -51,6 +51,7 @@ from ..nn.layers import DropPath
 from ..nn import QuickGELU, TAdaConv2d, TemporalAggregation
 from ..nn.calibration import routing_names
 from .base import VideoClassifier, mark_new_by_design
+from .builders import conv_then_tpool
 from .convert import Rule, apply_rules, conv_to_linear, convert_released_route_attn, squeeze_tada_bias, squeeze_tada_weight
 from .pretrained import centre_inflate
 from .registry import register_model
@@ -171,11 +172,7 @@ class TAdaBlock(nn.Module):
                 y = self.pre_proj(x.permute(0, 4, 1, 2, 3))  # (B, C, T, gh, gw)
             else:
                 y = self.pre_proj(x).permute(0, 4, 1, 2, 3)
-        # a TAdaConv's calibration multiply runs inside T-Pool's pass
-        if isinstance(self.conv, TAdaConv2d) and self.tpool.takes_affine(y):
-            y = self.act(self.tpool(*self.conv(y, split=True)))  # (B, C, T, gh, gw)
-        else:
-            y = self.act(self.tpool(self.conv(y)))
+        y = self.act(conv_then_tpool(self.conv, self.tpool, y))  # (B, C, T, gh, gw)
         y = y.permute(0, 2, 3, 4, 1).reshape(n, length, self.channels)
         return self.proj(y)
 

@@ -285,7 +285,7 @@ def _native_infer_applies(agg: TemporalAggregation, y: Tensor, channels_last: bo
         if any(type(n) not in (ChannelNorm, nn.LayerNorm) or n.weight is None or n.bias is None
                for n in (agg.norm1, agg.norm2)):
             return False
-    elif agg.norm_kind != "bn" or _frozen_bns(agg) is None:
+    elif agg.norm_kind != "bn" or not _bns_frozen(agg):
         return False
     return _native.available()
 
@@ -313,14 +313,18 @@ def _native_infer(agg: TemporalAggregation, y: Tensor, scale, shift, channels_la
     return out if channels_last else out.permute(0, 4, 1, 2, 3)
 
 
+def _bns_frozen(agg: TemporalAggregation) -> bool:
+    """Whether both norms of ``agg`` are affine BatchNorms in eval mode with running statistics."""
+    return all(type(n) is nn.BatchNorm3d and not n.training and n.running_mean is not None and n.weight is not None
+               for n in (agg.norm1, agg.norm2))
+
+
 def _frozen_bns(agg: TemporalAggregation):
     """The two frozen BatchNorms of ``agg`` as ``(a1, a2, c1 + c2)`` (``(C,)`` each), or None where they
     are not frozen (see :meth:`TemporalAggregation.frozen_affines`, which this shares its test with)."""
-    norms = (agg.norm1, agg.norm2)
-    if any(type(n) is not nn.BatchNorm3d or n.training or n.running_mean is None or n.weight is None
-           for n in norms):
+    if not _bns_frozen(agg):
         return None
-    (a1, c1), (a2, c2) = [_bn_affine(n) for n in norms]
+    (a1, c1), (a2, c2) = [_bn_affine(n) for n in (agg.norm1, agg.norm2)]
     return a1, a2, c1 + c2
 
 
