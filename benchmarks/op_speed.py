@@ -8,7 +8,10 @@ cal_dim="cout" with bias calibration) it times, interleaved in one run (median o
 * ``fast``    tada_conv2d(impl="fast") on a frame-major input (how TAda models store activations,
               folding frames into the batch is a view);
 * ``fast_nc`` the same on a contiguous (B, C, T, H, W) input (pays one layout copy each way);
-* ``grouped`` tada_conv2d(impl="grouped"): per-frame kernels + one grouped conv, the release's method.
+* ``frames``  tada_conv2d(impl="frames"): the fast forward, per-frame kernel gradients in backward
+              (the same as ``fast`` for the depthwise ``cout`` rows, which scale no input channels);
+* ``grouped`` tada_conv2d(impl="grouped"): per-frame kernels + one grouped conv, the release's method;
+* ``auto``    tada_conv2d(impl="auto"): the form ``tada.nn.functional.auto_impl`` picks for the shape.
 
 forward-only (no autograd) and forward+backward (grads for input, weight, alpha, bias). Then, each in a
 fresh process, the peak memory of one forward+backward: bytes autograd saves for backward and the
@@ -100,7 +103,7 @@ def conv3d_shapes():
     return shapes
 
 
-IMPLS = ("plain", "fast", "fast_nc", "grouped", "auto")
+IMPLS = ("plain", "fast", "fast_nc", "frames", "grouped", "auto")
 IMPLS_3D = ("plain", "fast", "grouped")
 
 
@@ -301,31 +304,33 @@ def time_block(s: Shape, device, dtype, repeats, warmup):
 def _fmt_table(rows, mem, tuned):
     head = (
         "| model | layer | C | in | fwd plain ms | fwd fast/plain | fwd grouped/fast | fwd+bwd plain ms "
-        "| fwd+bwd fast/plain | fwd+bwd fast_nc/plain | fwd+bwd grouped/fast | auto picks | auto/plain fwd "
-        "| auto/plain fwd+bwd |"
+        "| fwd+bwd fast/plain | fwd+bwd fast_nc/plain | fwd+bwd frames/plain | fwd+bwd grouped/fast | auto picks "
+        "| auto/plain fwd | auto/plain fwd+bwd |"
     )
     if tuned:
-        head += " tuned alloc: fwd+bwd plain ms | fast/plain fwd | fast/plain fwd+bwd |"
+        head += " tuned alloc: fwd+bwd plain ms | fast/plain fwd | fast/plain fwd+bwd | auto/plain fwd+bwd |"
     if mem:
-        head += " saved MB fast / grouped | peak MB plain / fast / grouped |"
+        head += " saved MB fast / frames / grouped | peak MB plain / fast / frames / grouped |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for i, r in enumerate(rows):
         f, fb = r["fwd"], r["fwd_bwd"]
         line = (
             f"| {r['model']} | {r['layer']} | {r['channels']} | {r['size']}² | {f['plain']:.2f} "
             f"| {f['fast'] / f['plain']:.2f} | {f['grouped'] / f['fast']:.2f} | {fb['plain']:.2f} "
-            f"| {fb['fast'] / fb['plain']:.2f} | {fb['fast_nc'] / fb['plain']:.2f} | {fb['grouped'] / fb['fast']:.2f} "
+            f"| {fb['fast'] / fb['plain']:.2f} | {fb['fast_nc'] / fb['plain']:.2f} | {fb['frames'] / fb['plain']:.2f} "
+            f"| {fb['grouped'] / fb['fast']:.2f} "
             f"| {r['auto_picks']} | {f['auto'] / f['plain']:.2f} | {fb['auto'] / fb['plain']:.2f} |"
         )
         if tuned:
             tf, tfb = tuned[i]["fwd"], tuned[i]["fwd_bwd"]
-            line += f" {tfb['plain']:.2f} | {tf['fast'] / tf['plain']:.2f} | {tfb['fast'] / tfb['plain']:.2f} |"
+            line += (f" {tfb['plain']:.2f} | {tf['fast'] / tf['plain']:.2f} | {tfb['fast'] / tfb['plain']:.2f} "
+                     f"| {tfb['auto'] / tfb['plain']:.2f} |")
         if mem:
             m = mem[i]
             mb = lambda impl, k: f"{m[impl][k] / 2**20:.1f}"  # noqa: E731
             line += (
-                f" {mb('fast', 'saved')} / {mb('grouped', 'saved')} "
-                f"| {mb('plain', 'peak')} / {mb('fast', 'peak')} / {mb('grouped', 'peak')} |"
+                f" {mb('fast', 'saved')} / {mb('frames', 'saved')} / {mb('grouped', 'saved')} "
+                f"| {mb('plain', 'peak')} / {mb('fast', 'peak')} / {mb('frames', 'peak')} / {mb('grouped', 'peak')} |"
             )
         lines.append(line)
     return "\n".join(lines)
@@ -417,12 +422,13 @@ def _time_all(shapes, device, dtype, args, label):
         if not isinstance(s, Shape3d):
             r["auto_picks"] = auto_impl("cout" if s.depthwise else "cin", (s.batch, s.channels, s.frames, s.size, s.size),
                                         (s.channels, 1 if s.depthwise else s.channels, s.kernel, s.kernel),
-                                        s.channels if s.depthwise else 1, device.type)
+                                        s.channels if s.depthwise else 1, device.type, s.stride)
         rows.append({**asdict(s), **r})
         fb = r["fwd_bwd"]
         print(
             f"  [{label}] {s.model:17s} {s.layer:12s} fwd+bwd plain {fb['plain']:7.2f} ms"
-            f"  fast/plain {fb['fast'] / fb['plain']:.2f}  grouped/fast {fb['grouped'] / fb['fast']:.2f}"
+            f"  fast/plain {fb['fast'] / fb['plain']:.2f}  auto({r['auto_picks']})/plain {fb['auto'] / fb['plain']:.2f}"
+            f"  grouped/fast {fb['grouped'] / fb['fast']:.2f}"
             f"   ({time.perf_counter() - t0:.0f}s)",
             flush=True,
         )
@@ -488,7 +494,7 @@ def main(argv=None):
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as pool:
             for i, s in enumerate(shapes):
-                for impl in ("plain", "fast", "grouped"):
+                for impl in ("plain", "fast", "frames", "grouped"):
                     saved, peak = pool.submit(memory_worker, asdict(s), impl, args.device, args.dtype).result()
                     mem.setdefault(i, {})[impl] = {"saved": saved, "peak": peak}
 

@@ -1,5 +1,5 @@
-"""``impl="auto"``: a deterministic per-shape choice between the exact fast and grouped forms; both
-choices agree with each other (outputs and every gradient) on every shape of the op benchmark."""
+"""``impl="auto"``: a deterministic per-shape choice between the exact fast, frames and grouped forms;
+all three agree with each other (outputs and every gradient) on every shape of the op benchmark."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -38,14 +38,14 @@ def test_both_choices_are_exact_on_every_benchmark_shape(s, grouped_on_large_map
     x, w, a, bias, beta, conv = _case(s)
     leaves = [p for p in (x, w, a, bias, beta) if p is not None]
     outs = {}
-    for impl in ("auto", "fast", "grouped"):
+    for impl in ("auto", "fast", "frames", "grouped"):
         y = tada_conv2d(x, w, a, bias, bias_alpha=beta, impl=impl, **conv)
         gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
         outs[impl] = (y.detach(), torch.autograd.grad(y, leaves, gy))
-    chosen = auto_impl(conv["cal_dim"], x.shape, w.shape, conv["groups"])
-    for impl in ("fast", "grouped"):
+    chosen = auto_impl(conv["cal_dim"], x.shape, w.shape, conv["groups"], "cpu", conv["stride"])
+    ref_y, ref_g = outs["grouped"]  # the per-frame kernels themselves: the definition
+    for impl in ("fast", "frames"):
         y, grads = outs[impl]
-        ref_y, ref_g = outs["grouped" if impl == "fast" else "fast"]
         assert torch.allclose(y, ref_y, rtol=1e-10, atol=1e-10)
         for p, q in zip(grads, ref_g):
             assert ((p - q).norm() / q.norm()).item() < 1e-10
@@ -61,18 +61,44 @@ def grouped_on_large_maps(monkeypatch):
     monkeypatch.setitem(functional.AUTO_GROUPED_RATIO, "cpu", {"dense": 16.0, "depthwise": 4.0})
 
 
-def test_the_shipped_choice_is_fast_except_k2():
-    for s in SHAPES:
-        assert auto_impl("cout" if s.depthwise else "cin", (2, s.channels, 8, s.size, s.size),
-                         (s.channels, 1 if s.depthwise else s.channels, s.kernel, s.kernel),
-                         s.channels if s.depthwise else 1) == "fast"
+def _pick(s):
+    return auto_impl("cout" if s.depthwise else "cin", (2, s.channels, 8, s.size, s.size),
+                     (s.channels, 1 if s.depthwise else s.channels, s.kernel, s.kernel),
+                     s.channels if s.depthwise else 1, "cpu", s.stride)
+
+
+def test_the_shipped_choice():
+    """frames for TAda2D-R50's stride-2 layer on 112² (where the batched input gradient of a strided
+    convolution is slow on the CPU), fast everywhere else, grouped only for k2."""
+    picks = {(s.model, s.layer): _pick(s) for s in SHAPES}
+    assert picks.pop(("TAda2D-R50", "64ch s2 in")) == "frames"
+    assert set(picks.values()) == {"fast"}
     assert auto_impl("k2", (1, 8, 2, 4, 4), (8, 8, 3, 3), 1) == "grouped"
+    # frames needs a stride and an input-channel calibration; the stride may be a pair
+    assert auto_impl("cin", (2, 64, 8, 112, 112), (64, 64, 3, 3), 1, "cpu", 1) == "fast"
+    assert auto_impl("cin", (2, 64, 8, 112, 112), (64, 64, 3, 3), 1, "cpu", (1, 2)) == "frames"
+    assert auto_impl("cin_cout", (2, 64, 8, 112, 112), (64, 64, 3, 3), 1, "cpu", 2) == "frames"
+    assert auto_impl("cout", (2, 64, 8, 112, 112), (64, 64, 3, 3), 1, "cpu", 2) == "fast"
+    assert auto_impl("cin", (2, 64, 8, 112, 112), (64, 64, 3, 3), 1, "cuda", 2) == "fast"  # not measured there
+
+
+def test_auto_trains_with_the_per_frame_backward_where_it_picks_it(monkeypatch):
+    """auto's gradients are those of the form it picks: the per-frame backward runs (spied) on the
+    shape that picks frames, and not on one that picks fast."""
+    calls = []
+    real = functional._per_frame_backward
+    monkeypatch.setattr(functional, "_per_frame_backward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    w = torch.randn(8, 8, 3, 3, requires_grad=True)
+    for size, stride, expect in ((64, 2, 1), (64, 1, 0), (8, 2, 0)):  # 64²/72 >= 8; 8²/72 < 8
+        calls.clear()
+        x = torch.randn(1, 8, 2, size, size)
+        a = (torch.rand(1, 8, 2) + 0.5).requires_grad_()
+        tada_conv2d(x, w, a, stride=stride, padding=1).sum().backward()
+        assert len(calls) == expect, (size, stride)
 
 
 def test_the_choice_is_deterministic_and_follows_the_shapes(grouped_on_large_maps):
-    picks = {(s.layer, s.size): auto_impl("cout" if s.depthwise else "cin", (2, s.channels, 8, s.size, s.size),
-                                          (s.channels, 1 if s.depthwise else s.channels, s.kernel, s.kernel),
-                                          s.channels if s.depthwise else 1) for s in SHAPES}
+    picks = {(s.layer, s.size): _pick(s) for s in SHAPES}
     assert picks[("64ch s2 in", 112)] == "grouped"  # a 3x3 kernel against a 112² map
     assert picks[("512ch s1", 7)] == "fast"  # deep layers: per-frame kernels are large
     assert picks[("96ch dw7", 56)] == "grouped" and picks[("768ch dw7", 7)] == "fast"

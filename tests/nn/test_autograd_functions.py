@@ -21,15 +21,16 @@ def _inputs(bias, seed=0, n=3, c=4, hw=6, c_out=8):
     return x, a, c_out, g, bias
 
 
+@pytest.mark.parametrize("per_frame", [False, True], ids=["batched-backward", "per-frame-backward"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("geom", GEOMS)
-def test_scaled_input_conv_gradcheck_and_equals_the_composition(geom, bias):
+def test_scaled_input_conv_gradcheck_and_equals_the_composition(geom, bias, per_frame):
     stride, padding, dilation, groups = geom
     x, a, c_out, g, _ = _inputs(bias)
     w = torch.randn(c_out, x.shape[1] // groups, 3, 3, generator=g, dtype=torch.float64).requires_grad_()
     b = torch.randn(c_out, generator=g, dtype=torch.float64).requires_grad_() if bias else None
     conv = (stride, padding, dilation, groups)
-    fn = lambda x, a, w, b: _ScaledInputConv.apply(x, a, w, b, conv)  # noqa: E731
+    fn = lambda x, a, w, b: _ScaledInputConv.apply(x, a, w, b, conv, per_frame)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, a, w, b), fast_mode=True)
     ref = F.conv2d(x * a[:, :, None, None], w, b, stride, padding, dilation, groups)
     out = fn(x, a, w, b)
@@ -40,6 +41,43 @@ def test_scaled_input_conv_gradcheck_and_equals_the_composition(geom, bias):
     g_out = torch.autograd.grad(out, params, gy)
     for p, q in zip(g_out, g_ref):
         assert torch.allclose(p, q, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("wanted", [(True, False, False), (False, True, False), (False, False, True),
+                                    (True, True, False)], ids=["x", "alpha", "weight", "x-alpha"])
+def test_per_frame_backward_computes_only_what_is_asked(wanted):
+    """Each subset of gradients from the per-frame backward equals the composition's (the loop skips
+    the parts nobody needs)."""
+    g = torch.Generator().manual_seed(3)
+    kw = dict(dtype=torch.float64)
+    x = torch.randn(4, 6, 9, 9, generator=g, **kw).requires_grad_(wanted[0])
+    a = (1 + 0.3 * torch.randn(4, 6, generator=g, **kw)).requires_grad_(wanted[1])
+    w = torch.randn(5, 6, 3, 3, generator=g, **kw).requires_grad_(wanted[2])
+    conv = ((2, 2), (1, 1), (1, 1), 1)
+    out = _ScaledInputConv.apply(x, a, w, None, conv, True)
+    ref = F.conv2d(x * a[:, :, None, None], w, None, *conv)
+    gy = torch.randn(ref.shape, generator=g, **kw)
+    leaves = [t for t, want in zip((x, a, w), wanted) if want]
+    for p, q in zip(torch.autograd.grad(out, leaves, gy), torch.autograd.grad(ref, leaves, gy)):
+        assert torch.allclose(p, q, rtol=1e-10, atol=1e-12)
+
+
+def test_frames_impl_under_bfloat16_autocast_matches_fast():
+    """The per-frame backward runs in the dtype the forward's convolution ran in (autocast), like the
+    batched one, and returns gradients in the leaves' dtypes."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 3, 16, 16).requires_grad_()
+    w = torch.randn(8, 8, 3, 3).requires_grad_()
+    a = (1 + 0.1 * torch.randn(1, 8, 3)).requires_grad_()
+    grads = {}
+    for impl in ("fast", "frames"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = tada_conv2d(x, w, a, stride=2, padding=1, impl=impl)
+        assert y.dtype == torch.bfloat16
+        grads[impl] = torch.autograd.grad(y.float().square().sum(), (x, w, a))
+    for p, q in zip(grads["frames"], grads["fast"]):
+        assert p.dtype == torch.float32
+        assert ((p - q).norm() / q.norm()).item() < 2e-2  # bf16 rounding, summed in different orders
 
 
 def _saved_bytes(fn):
@@ -55,12 +93,13 @@ def _saved_bytes(fn):
     return sum(seen.values()), out
 
 
-def test_scaled_input_conv_keeps_no_second_input_sized_tensor():
+@pytest.mark.parametrize("impl", ["fast", "frames"])
+def test_scaled_input_conv_keeps_no_second_input_sized_tensor(impl):
     torch.manual_seed(0)
     x = torch.randn(2, 16, 4, 12, 12).requires_grad_()  # (B, C, T, H, W)
     w = torch.randn(16, 16, 3, 3).requires_grad_()
     a = (1 + 0.1 * torch.randn(2, 16, 4)).requires_grad_()
-    fast, y_fast = _saved_bytes(lambda: tada_conv2d(x, w, a, padding=1, impl="fast"))
+    fast, y_fast = _saved_bytes(lambda: tada_conv2d(x, w, a, padding=1, impl=impl))
 
     def composition():
         xf = x.transpose(1, 2).reshape(8, 16, 12, 12)

@@ -96,7 +96,7 @@ class VideoResNet(VideoClassifier):
             T-Pool). Paper Fig. 4.
         cal_fraction: the share of each TAdaConv's channels that is calibrated (the first
             ``ceil(C * cal_fraction)``; the rest keep alpha = 1). Paper Fig. 4.
-        tada_impl: TAdaConv implementation, ``"auto"`` | ``"fast"`` | ``"grouped"``.
+        tada_impl: TAdaConv implementation, ``"auto"`` | ``"fast"`` | ``"frames"`` | ``"grouped"``.
         aggregation: T-Pool after the 3x3 conv (default: on exactly when ``tada`` is).
         agg_norm: ``"bn"`` (default) | ``"ln"``; agg_pool: ``"avg"`` | ``"max"`` | ``"mix"``;
         agg_shortcut: ``"separate"`` | ``"shared"`` | ``"none"`` (Table 3e).
@@ -140,7 +140,7 @@ class VideoResNet(VideoClassifier):
         check_choice(cal_dim, "cal_dim", CAL_DIMS)
         check_choice(routing, "routing", ROUTINGS)
         check_choice(tada_impl, "tada_impl", IMPLS)
-        if tada_impl == "fast" and cal_dim == "k2":
+        if tada_impl in ("fast", "frames") and cal_dim == "k2":
             raise ValueError("cal_dim='k2' has no exact fast path: use tada_impl='grouped' or 'auto'")
         check_choice(agg_norm, "agg_norm", NORMS)
         check_choice(agg_pool, "agg_pool", POOLS)

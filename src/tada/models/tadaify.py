@@ -471,7 +471,7 @@ def tadaify(
             module names or a predicate; they must be converted convs.
         tpool_kwargs: ``norm`` (``"bn"`` default, or ``"ln"``), ``pool`` (``"avg" | "max" | "mix"``),
             ``eps``, ``momentum``.
-        impl: the TAdaConv2d implementation, ``"auto" | "fast" | "grouped"``.
+        impl: the TAdaConv2d implementation, ``"auto" | "fast" | "frames" | "grouped"``.
         inplace: convert ``model`` itself instead of a deep copy.
 
     Returns:

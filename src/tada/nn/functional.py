@@ -1,7 +1,7 @@
 """The TAdaConv operator, functional form.
 
 A TAdaConv is a 2D convolution applied frame by frame whose kernel is recalibrated per frame:
-``W_t = alpha_t * W`` (SPEC §1). Two implementations:
+``W_t = alpha_t * W`` (SPEC §1). Three implementations:
 
 * ``fast``: rescale the *features* instead of the kernel and run one ordinary convolution on the
   ``(B*T)`` batch. Exact for ``cin`` (``conv(x, a*W) == conv(a*x, W)``), ``cout``
@@ -10,6 +10,13 @@ A TAdaConv is a 2D convolution applied frame by frame whose kernel is recalibrat
   no batch size baked into the graph. For ``cin`` with gradients it runs as :class:`_ScaledInputConv`,
   which keeps only ``x``, ``alpha`` and the weight for backward (what the layer before keeps alive
   anyway) and recomputes the scaled input there, instead of keeping a second input-sized tensor.
+* ``frames``: the ``fast`` forward, and a backward that runs each frame's convolution gradient
+  against its own calibrated kernel ``alpha_t * W`` and the *unscaled* input: ``grad x`` comes out
+  directly, and ``grad W`` and ``grad alpha`` are reductions of the per-frame kernel gradients,
+  so backward makes no pass over the input for ``alpha`` at all. Differs from ``fast`` only where
+  ``alpha`` scales input channels (``cin``, ``cin_cout``), and only in backward. On the CPU it is
+  the cheaper one for strided convolutions on large maps (the batched input gradient of a stride-2
+  convolution is slow there; :data:`AUTO_FRAMES_RATIO`).
 * ``grouped``: materialise one kernel per (b, t) and run a single grouped convolution with
   ``groups = groups*B*T``: the method of the paper's release, kept as the reference and for
   ``k2`` (kernel-tap calibration), which has no feature-scaling form.
@@ -29,10 +36,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
-__all__ = ["tada_conv2d", "auto_impl", "AUTO_GROUPED_RATIO", "CAL_DIMS", "IMPLS", "frames_to_batch", "batch_to_frames"]
+__all__ = ["tada_conv2d", "auto_impl", "AUTO_GROUPED_RATIO", "AUTO_FRAMES_RATIO", "CAL_DIMS", "IMPLS", "frames_to_batch", "batch_to_frames"]
 
 CAL_DIMS = ("cin", "cout", "cin_cout", "k2")
-IMPLS = ("auto", "fast", "grouped")
+IMPLS = ("auto", "fast", "frames", "grouped")
 
 _IntOr2 = Union[int, Tuple[int, int]]
 Alpha = Union[Tensor, Sequence[Tensor]]
@@ -94,7 +101,7 @@ def _check(
         raise ValueError(f"unknown cal_dim {cal_dim!r}; expected one of {CAL_DIMS}")
     if not isinstance(impl, str) or impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS}")
-    if impl == "fast" and cal_dim == "k2":
+    if impl in ("fast", "frames") and cal_dim == "k2":
         raise ValueError(
             "cal_dim='k2' scales kernel taps, which has no exact feature-scaling form: "
             "use impl='grouped' (or 'auto')"
@@ -166,8 +173,9 @@ def tada_conv2d(
             and a pair ``(alpha_in, alpha_out)`` for ``"cin_cout"``.
         bias: ``(C_out,)`` or None. Not scaled by ``alpha``.
         bias_alpha: ``(B, C_out, T)`` bias calibration (TAdaConvV2); needs ``bias``.
-        impl: ``"fast"`` (feature scaling), ``"grouped"`` (per-frame kernels) or ``"auto"``
-            (fast wherever it is exact, i.e. everything but ``k2``).
+        impl: ``"fast"`` (feature scaling), ``"frames"`` (feature scaling forward, per-frame kernel
+            gradients backward), ``"grouped"`` (per-frame kernels) or ``"auto"`` (per shape, see
+            :func:`auto_impl`).
 
         split: return ``(y, scale, shift)`` with the result ``y * scale + shift``, for the layer after
             it to apply inside its own pass (:class:`~tada.nn.TemporalAggregation`). With
@@ -180,11 +188,11 @@ def tada_conv2d(
     """
     a_in, a_out, a_k2, beta = _check(x, weight, alpha, bias, groups, cal_dim, bias_alpha, impl)
     if impl == "auto":
-        impl = auto_impl(cal_dim, x.shape, weight.shape, groups, x.device.type)
-    if split and cal_dim == "cout" and impl == "fast":
+        impl = auto_impl(cal_dim, x.shape, weight.shape, groups, x.device.type, stride)
+    if split and cal_dim == "cout" and impl in ("fast", "frames"):
         return _fast_split(x, weight, bias, a_out, beta, stride, padding, dilation, groups)
-    if impl == "fast":
-        y = _fast(x, weight, bias, a_in, a_out, beta, stride, padding, dilation, groups)
+    if impl in ("fast", "frames"):
+        y = _fast(x, weight, bias, a_in, a_out, beta, stride, padding, dilation, groups, impl == "frames")
     else:
         y = _grouped(x, weight, bias, a_in, a_out, a_k2, beta, stride, padding, dilation, groups)
     return (y, None, None) if split else y
@@ -206,15 +214,16 @@ def _fast_split(x, weight, bias, a_out, beta, stride, padding, dilation, groups)
 class _ScaledInputConv(torch.autograd.Function):
     """``conv2d(x * a, W, bias)`` on the frame batch (``x`` ``(N, C, H, W)``, ``a`` ``(N, C)``).
 
-    Saves ``x``, ``a`` and ``W`` (not the scaled input) and recomputes ``x * a`` in backward:
-    ``grad x = a * grad(xa)``, ``grad a = sum_hw x * grad(xa)`` (one fused dot product per frame and channel).
+    Saves ``x``, ``a`` and ``W`` (not the scaled input). Backward, batched (``per_frame=False``):
+    recomputes ``x * a``; ``grad x = a * grad(xa)``, ``grad a = sum_hw x * grad(xa)`` (one fused dot
+    product per frame and channel). Per frame (``per_frame=True``): see :func:`_per_frame_backward`.
     """
 
     @staticmethod
-    def forward(ctx, x, a, weight, bias, conv):
+    def forward(ctx, x, a, weight, bias, conv, per_frame):
         y = F.conv2d(x * a[:, :, None, None], weight, bias, *conv)
         ctx.save_for_backward(x, a, weight)
-        ctx.conv, ctx.has_bias = conv, bias is not None
+        ctx.conv, ctx.has_bias, ctx.per_frame = conv, bias is not None, per_frame
         return y
 
     @staticmethod
@@ -224,6 +233,10 @@ class _ScaledInputConv(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.conv
         need_x, need_a, need_w, need_b = ctx.needs_input_grad[:4]
         dtype = gy.dtype  # under autocast the convolution ran in gy's dtype
+        if ctx.per_frame:
+            gx, ga, gw, gb = _per_frame_backward(gy, x, a, weight, ctx.conv, need_x, need_a, need_w,
+                                                 need_b and ctx.has_bias)
+            return gx, ga, gw, gb, None, None
         xa = (x * a[:, :, None, None]).to(dtype)
         gxa, gw, gb = torch.ops.aten.convolution_backward(
             gy.contiguous(), xa, weight.to(dtype), [weight.shape[0]] if ctx.has_bias else None, stride, padding,
@@ -236,19 +249,63 @@ class _ScaledInputConv(torch.autograd.Function):
             # rows at 28²-112² on the CPU
             ga = torch.linalg.vecdot(gxa.flatten(2), x.to(gxa.dtype).flatten(2)).to(a.dtype)
         if need_x:
-            gx = (gxa * a[:, :, None, None].to(gxa.dtype)).to(x.dtype)
+            gx = gxa.mul_(a[:, :, None, None].to(gxa.dtype)).to(x.dtype)  # gxa is ours: in place, no new buffer
         gw = gw.to(weight.dtype) if need_w else None
-        return gx, ga, gw, gb if need_b and ctx.has_bias else None, None
+        return gx, ga, gw, gb if need_b and ctx.has_bias else None, None, None
 
 
-def _scaled_input_conv(xf, a, weight, bias, stride, padding, dilation, groups):
+def _per_frame_backward(gy, x, a, weight, conv, need_x, need_a, need_w, need_b):
+    """Backward of ``conv2d(x * a, W)`` frame by frame, as the convolution of each frame ``n`` with its
+    own kernel ``K_n = a_n * W`` (exact: ``conv(x_n * a_n, W) == conv(x_n, K_n)``).
+
+    Each frame's ``convolution_backward`` against the unscaled ``x_n`` gives ``grad x_n`` directly and
+    the kernel gradient ``G_n``; then ``grad W = sum_n a_n * G_n`` and ``grad a_n = sum_{o,taps} W * G_n``
+    (summed over the output channels of each input channel's group). Keeps ``B*T`` kernels and kernel
+    gradients (small where this path is chosen: a 3x3 kernel against a large map).
+    """
+    stride, padding, dilation, groups = conv
+    dtype = gy.dtype
+    n = x.shape[0]
+    c_out, c_in_g, kh, kw = weight.shape
+    # the input channel of weight[o, j] is (o // (C_out/g)) * (C_in/g) + j (as in _grouped)
+    a_k = a.to(dtype).reshape(n, groups, 1, c_in_g).expand(n, groups, c_out // groups, c_in_g)
+    a_k = a_k.reshape(n, c_out, c_in_g, 1, 1)
+    w = weight.to(dtype)
+    kernels = w.unsqueeze(0) * a_k
+    gy = gy.contiguous()
+    xs = x.to(dtype)
+    want_g = need_w or need_a
+    gxs, gks = [], []
+    for i in range(n):
+        gxi, gki, _ = torch.ops.aten.convolution_backward(
+            gy[i:i + 1], xs[i:i + 1], kernels[i], None, stride, padding, dilation, False, [0, 0], groups,
+            [need_x, want_g, False])
+        if need_x:
+            gxs.append(gxi)
+        if want_g:
+            gks.append(gki)
+    gx = torch.cat(gxs).to(x.dtype) if need_x else None
+    gw = ga = None
+    if want_g:
+        gk = torch.stack(gks)  # (N, C_out, C_in/g, kh, kw)
+        if need_w:
+            gw = (gk * a_k).sum(0).to(weight.dtype)
+        if need_a:
+            ga = (gk * w.unsqueeze(0)).sum((3, 4)).reshape(n, groups, c_out // groups, c_in_g).sum(2)
+            ga = ga.reshape(n, groups * c_in_g).to(a.dtype)
+    gb = gy.sum((0, 2, 3)) if need_b else None
+    return gx, ga, gw, gb
+
+
+def _scaled_input_conv(xf, a, weight, bias, stride, padding, dilation, groups, per_frame=False):
     """``conv2d(xf * a, ...)``: through :class:`_ScaledInputConv` when a gradient is needed (and the
-    padding is numeric), as plain ops otherwise (inference, export)."""
+    padding is numeric), as plain ops otherwise (inference, export). ``per_frame`` picks its
+    per-frame backward."""
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (xf, a, weight, bias))
     if needs_grad and not isinstance(padding, str) and not torch.jit.is_tracing():
         conv = (tuple(_pair(stride)), tuple(_pair(padding)), tuple(_pair(dilation)), groups)
-        return _ScaledInputConv.apply(xf, a, weight, bias, conv)
+        return _ScaledInputConv.apply(xf, a, weight, bias, conv, bool(per_frame))
     return F.conv2d(xf * a[:, :, None, None], weight, bias, stride, padding, dilation, groups)
 
 
@@ -263,38 +320,60 @@ def _scaled_input_conv(xf, a, weight, bias, stride, padding, dilation, groups):
 AUTO_GROUPED_RATIO: dict = {}
 
 
-def auto_impl(cal_dim: str, x_shape, weight_shape, groups: int, device_type: str = "cpu") -> str:
-    """The implementation ``impl="auto"`` runs for this shape: deterministic, from the shapes and the
-    device type only.
+#: Where ``auto`` takes the ``frames`` form for an input-channel calibration, per device type:
+#: ``{device: r}`` means ``frames`` for a strided convolution whose input frame has at least ``r``
+#: pixels per kernel weight of one output channel group (``stride > 1`` and
+#: ``H*W >= r * (C_out/groups) * kh * kw``). Measured on a 2-core Xeon CPU (``benchmarks/op_speed.py``):
+#: at TAda2D-R50's 64-channel stride-2 layer on 112² (ratio 21.8) the batched input gradient of the
+#: convolution takes 58 ms and the 16 per-frame ones 43 ms, and ``frames`` needs no pass over the input
+#: for ``alpha``; at the 128-channel stride-2 layer on 56² (ratio 2.7) the two backward forms cost the
+#: same, and below that the batched one wins.
+AUTO_FRAMES_RATIO: dict = {"cpu": 8.0}
+
+
+def auto_impl(cal_dim: str, x_shape, weight_shape, groups: int, device_type: str = "cpu",
+              stride: _IntOr2 = 1) -> str:
+    """The implementation ``impl="auto"`` runs for this shape: deterministic, from the shapes, the
+    stride and the device type only.
 
     ``k2`` has only the grouped form. Otherwise ``grouped`` where :data:`AUTO_GROUPED_RATIO` says the
-    kernels are small enough against the feature map on this device type, else ``fast``; always
-    ``fast`` while tracing, compiling or exporting (the grouped form bakes ``B*T`` into the graph as
-    its group count; compiled, the fast path's scaling fuses into the neighbouring pass). Pass
-    ``impl="fast"`` or ``"grouped"`` to override.
+    kernels are small enough against the feature map on this device type; for an input-channel
+    calibration (``cin``, ``cin_cout``), ``frames`` where :data:`AUTO_FRAMES_RATIO` says so (strided
+    convolutions on large maps; its forward is the fast one, so inference and export are unchanged);
+    else ``fast``. Always ``fast`` while tracing, compiling or exporting (the grouped form bakes ``B*T``
+    into the graph as its group count; compiled, the fast path's scaling fuses into the neighbouring
+    pass). Pass ``impl="fast"``, ``"frames"`` or ``"grouped"`` to override.
     """
     if cal_dim == "k2":
         return "grouped"
-    ratios = AUTO_GROUPED_RATIO.get(device_type)
-    if not ratios or torch.jit.is_tracing() or torch.jit.is_scripting() or _exporting():
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or _exporting():
         return "fast"
     c_out, c_in_g, kh, kw = weight_shape
     h, w = x_shape[-2], x_shape[-1]
-    ratio = ratios.get("depthwise" if c_in_g == 1 and groups > 1 else "dense")
-    return "grouped" if ratio is not None and h * w >= ratio * (c_out // groups) * kh * kw else "fast"
+    per_kernel = (c_out // groups) * kh * kw
+    ratios = AUTO_GROUPED_RATIO.get(device_type)
+    if ratios:
+        ratio = ratios.get("depthwise" if c_in_g == 1 and groups > 1 else "dense")
+        if ratio is not None and h * w >= ratio * per_kernel:
+            return "grouped"
+    frames_ratio = AUTO_FRAMES_RATIO.get(device_type)
+    if (frames_ratio is not None and cal_dim in ("cin", "cin_cout") and max(_pair(stride)) > 1
+            and h * w >= frames_ratio * per_kernel):
+        return "frames"
+    return "fast"
 
 
 def _exporting() -> bool:
     return torch.compiler.is_exporting() or torch.compiler.is_compiling()
 
 
-def _fast(x, weight, bias, a_in, a_out, beta, stride, padding, dilation, groups):
+def _fast(x, weight, bias, a_in, a_out, beta, stride, padding, dilation, groups, per_frame=False):
     b, _, t = x.shape[:3]
     xf = frames_to_batch(x)
     post = a_out is not None or beta is not None
     if a_in is not None:
         y = _scaled_input_conv(xf, _per_frame(a_in), weight, None if post else bias, stride, padding, dilation,
-                               groups)
+                               groups, per_frame)
     else:
         y = F.conv2d(xf, weight, None if post else bias, stride, padding, dilation, groups)
     if post:

@@ -55,7 +55,7 @@ class TAdaConv2d(nn.Module):
             ``ceil(n * cal_fraction)`` of each calibration's ``n`` channels get a routed ``alpha``, the
             others exactly 1. Needs a routing given by name.
         bias_calibration: also calibrate the bias per frame (TAdaConvV2); needs ``bias=True``.
-        impl: ``"auto"`` | ``"fast"`` | ``"grouped"``, see :func:`tada.nn.functional.tada_conv2d`.
+        impl: ``"auto"`` | ``"fast"`` | ``"frames"`` | ``"grouped"``, see :func:`tada.nn.functional.tada_conv2d`.
     """
 
     def __init__(
@@ -80,7 +80,7 @@ class TAdaConv2d(nn.Module):
     ):
         super().__init__()
         check_conv_args(in_channels, out_channels, groups, cal_dim, CAL_DIMS, impl, IMPLS, bias, bias_calibration)
-        if impl == "fast" and cal_dim == "k2":
+        if impl in ("fast", "frames") and cal_dim == "k2":
             raise ValueError("cal_dim='k2' has no exact fast path: use impl='grouped' or 'auto'")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = _pair(kernel_size)
