@@ -19,9 +19,9 @@ of both models: the time in each kind of module (blocks, TAdaConvs, routing, T-P
 ``record_function`` marks) and the ten costliest ops by self time and by memory. ``--plugins`` times the plug-in backbones instead (Table 3c: SlowOnly 8 frames,
 SlowFast 4x16 and 8x8 on 32 frames, R(2+1)D with TAda on the 2D conv and on 2D + 1D convs, R3D with
 TAdaConv3d, each against its plain backbone) at ``--size`` (default 112 on the CPU: 3D R50s at 224²
-take minutes per training step on two cores). Training step = forward, cross-entropy, backward, SGD step. Peak memory of one
-training step (after a warm-up step) and one inference is measured in a fresh process per model, as the
-growth of peak RSS and, on the CPU, also as the peak of live tensor storage (``_common.peak_tensor_bytes``:
+take minutes per training step on two cores). Training step = forward, cross-entropy, backward, SGD step
+(fused, as the engine runs it). Peak memory of one training step (after a warm-up step) and one inference
+is measured in a fresh process per model, as the growth of peak RSS and, on the CPU, also as the peak of live tensor storage (``_common.peak_tensor_bytes``:
 what CUDA's ``max_memory_allocated`` counts, without glibc's caching and fragmentation).
 ``--tuned-allocator`` times with ``tada.utils.tune_cpu_allocator()`` (no page faults on fresh
 activations, which otherwise add run-to-run noise and cost that grows with the number of allocations).
@@ -105,7 +105,8 @@ class Bench:
                     m.impl = run.impl
         self.x = torch.randn(batch, 3, run.frames, run.size, run.size, device=device)
         self.y = torch.randint(0, 400, (batch,), device=device)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
+        # fused: one kernel for all tensors, as the engine steps (tada.engine.optim.build_optimizer)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9, fused=True)
         self.autocast = (
             torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
         )

@@ -89,3 +89,43 @@ def test_step_schedule_and_adam_with_l2_decay():
     assert lrs[28:] == pytest.approx([1e-4] * 8)  # epochs 7, 8
     wd = {g["weight_decay"] for g in opt.param_groups}
     assert wd == {0.0, 1e-4}  # the bias has none
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "adam"])
+def test_the_fused_step_equals_the_per_tensor_loop(name):
+    """build_optimizer takes PyTorch's fused step where the parameters allow it; over several steps with
+    the paper's groups (decay / no decay, lr multipliers) it moves the weights as the per-tensor loop does."""
+    from tada.engine.optim import fused_supported
+
+    torch.manual_seed(0)
+    ref, net = Net(), Net()
+    with torch.no_grad():
+        ref.embed.normal_()
+    net.load_state_dict(ref.state_dict())
+    start = {n: p.detach().clone() for n, p in net.named_parameters()}
+    cfg = OptimConfig(name=name, lr=1e-2, weight_decay=1e-2, momentum=0.9, new_param_lr_mult=10.0)
+    assert fused_supported(net.parameters())
+    opt = build_optimizer(net, cfg, cfg.lr)
+    assert all(g.get("fused") for g in opt.param_groups)
+    loop = build_optimizer(ref, cfg, cfg.lr)
+    for g in loop.param_groups:
+        g["fused"] = False
+    params = {n: p for n, p in net.named_parameters()}
+    for _ in range(4):
+        x = torch.randn(5, 3)
+        for m, o in ((net, opt), (ref, loop)):
+            o.zero_grad()
+            (m.norm(m.embed @ m.branch.weight) * x.mean()).square().mean().backward()
+            o.step()
+    moved = [n for n in start if not torch.equal(params[n], start[n])]
+    assert {"embed", "branch.weight", "norm.weight"} <= set(moved)
+    for p, q in zip(net.parameters(), ref.parameters()):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_fused_is_not_asked_for_parameters_it_cannot_take():
+    from tada.engine.optim import fused_supported
+
+    assert not fused_supported([torch.zeros(2, dtype=torch.int64)])
+    assert not fused_supported([torch.zeros(2, device="meta")])
+    assert fused_supported([torch.zeros(2), torch.zeros(3, dtype=torch.float64)])
