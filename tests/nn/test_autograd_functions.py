@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tada.nn import tada_conv2d
+from tada.nn import recompute_scaled_input, tada_conv2d
 from tada.nn.functional import _ScaledInputConv
 from tada.nn.functional3d import _CinConv
 
@@ -21,16 +21,17 @@ def _inputs(bias, seed=0, n=3, c=4, hw=6, c_out=8):
     return x, a, c_out, g, bias
 
 
-@pytest.mark.parametrize("per_frame", [False, True], ids=["batched-backward", "per-frame-backward"])
+@pytest.mark.parametrize("per_frame,recompute", [(False, False), (False, True), (True, False)],
+                         ids=["batched-backward", "batched-backward-recompute", "per-frame-backward"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("geom", GEOMS)
-def test_scaled_input_conv_gradcheck_and_equals_the_composition(geom, bias, per_frame):
+def test_scaled_input_conv_gradcheck_and_equals_the_composition(geom, bias, per_frame, recompute):
     stride, padding, dilation, groups = geom
     x, a, c_out, g, _ = _inputs(bias)
     w = torch.randn(c_out, x.shape[1] // groups, 3, 3, generator=g, dtype=torch.float64).requires_grad_()
     b = torch.randn(c_out, generator=g, dtype=torch.float64).requires_grad_() if bias else None
     conv = (stride, padding, dilation, groups)
-    fn = lambda x, a, w, b: _ScaledInputConv.apply(x, a, w, b, conv, per_frame)  # noqa: E731
+    fn = lambda x, a, w, b: _ScaledInputConv.apply(x, a, w, b, conv, per_frame, recompute)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, a, w, b), fast_mode=True)
     ref = F.conv2d(x * a[:, :, None, None], w, b, stride, padding, dilation, groups)
     out = fn(x, a, w, b)
@@ -95,11 +96,13 @@ def _saved_bytes(fn):
 
 @pytest.mark.parametrize("impl", ["fast", "frames"])
 def test_scaled_input_conv_keeps_no_second_input_sized_tensor(impl):
+    """fast inside recompute_scaled_input(), and frames always, keep no scaled input for backward."""
     torch.manual_seed(0)
     x = torch.randn(2, 16, 4, 12, 12).requires_grad_()  # (B, C, T, H, W)
     w = torch.randn(16, 16, 3, 3).requires_grad_()
     a = (1 + 0.1 * torch.randn(2, 16, 4)).requires_grad_()
-    fast, y_fast = _saved_bytes(lambda: tada_conv2d(x, w, a, padding=1, impl=impl))
+    with recompute_scaled_input(impl == "fast"):
+        fast, y_fast = _saved_bytes(lambda: tada_conv2d(x, w, a, padding=1, impl=impl))
 
     def composition():
         xf = x.transpose(1, 2).reshape(8, 16, 12, 12)
@@ -109,6 +112,35 @@ def test_scaled_input_conv_keeps_no_second_input_sized_tensor(impl):
     x_bytes = x.numel() * x.element_size()
     assert plain - fast >= 0.9 * x_bytes  # the scaled input is no longer kept
     assert torch.allclose(y_fast.transpose(1, 2).reshape(8, 16, 12, 12), y_plain, atol=1e-5)
+
+
+def test_recompute_scaled_input_trades_one_input_sized_tensor_for_the_same_gradients():
+    """Outside the block the fast cin path keeps the scaled input (one input-sized tensor more than
+    inside it); values and every gradient are the same; the block nests, switches off with
+    enabled=False, and is restored on exit, also after an error."""
+    from tada.nn.functional import _RECOMPUTE
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 4, 12, 12).requires_grad_()
+    w = torch.randn(16, 16, 3, 3).requires_grad_()
+    a = (1 + 0.1 * torch.randn(2, 16, 4)).requires_grad_()
+    run = lambda: tada_conv2d(x, w, a, padding=1, impl="fast")  # noqa: E731
+    kept, y_kept = _saved_bytes(run)
+    with recompute_scaled_input():
+        lean, y_lean = _saved_bytes(run)
+        with recompute_scaled_input(enabled=False):
+            again, _ = _saved_bytes(run)
+        assert _RECOMPUTE.on
+    x_bytes = x.numel() * x.element_size()
+    assert kept - lean == pytest.approx(x_bytes, rel=0.01) and again == kept
+    assert torch.equal(y_kept, y_lean)
+    gy = torch.randn_like(y_kept)
+    for p, q in zip(torch.autograd.grad(y_kept, (x, w, a), gy), torch.autograd.grad(y_lean, (x, w, a), gy)):
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-6)
+    with pytest.raises(RuntimeError):
+        with recompute_scaled_input():
+            raise RuntimeError("boom")
+    assert not _RECOMPUTE.on
 
 
 @pytest.mark.parametrize("geometry", [

@@ -6,7 +6,7 @@ from . import functional, functional3d
 from .calibration import (CALIBRATIONS, DynamicCalibration, LearnableCalibration, PartialCalibration,
                           TAMCalibration, build_routing, routing_names)
 from .aggregation import ChannelNorm, TemporalAggregation, temporal_pool
-from .functional import tada_conv2d
+from .functional import recompute_scaled_input, tada_conv2d
 from .functional3d import tada_conv3d
 from .layers import DropPath, drop_path
 from .routing import QuickGELU, RouteFuncAttn, RouteFuncMLP, quick_gelu
@@ -17,6 +17,7 @@ __all__ = [
     "functional",
     "functional3d",
     "tada_conv2d",
+    "recompute_scaled_input",
     "tada_conv3d",
     "TAdaConv2d",
     "TAdaConv3d",
