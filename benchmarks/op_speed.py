@@ -2,7 +2,8 @@
 
 For every distinct TAdaConv shape of TAda2D-R50 (8 frames, 224², batch 2; dense 3x3, cal_dim="cin")
 and TAdaConvNeXtV2-T (16 frames -> 8 after the tubelet stem, 224², batch 2; depthwise 7x7,
-cal_dim="cout" with bias calibration) it times, interleaved in one run (median of repeats):
+cal_dim="cout" with bias calibration) it times, interleaved in one run, in a shuffled order each round
+(median and minimum of the repeats):
 
 * ``plain``   F.conv2d on the same (B*T) batch of frames: the baseline (a TSN's convolution);
 * ``fast``    tada_conv2d(impl="fast") on a frame-major input (how TAda models store activations,
@@ -32,6 +33,7 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
+import random
 import statistics
 import sys
 import time
@@ -205,8 +207,11 @@ def time_shape(s: Shape, device, dtype, repeats, warmup):
     results = {}
     for mode, fn in (("fwd", case.forward), ("fwd_bwd", case.forward_backward)):
         samples = {impl: [] for impl in case.impls}
+        order = random.Random(f"{s}{mode}")  # the same shuffles in every run
         for i in range(warmup + repeats):
-            for impl in case.impls:  # interleaved: drift and thermal effects hit every impl alike
+            # interleaved, so drift and thermal effects hit every impl alike, in a new order each round,
+            # so no impl always runs right after the one that allocates the most (the grouped form)
+            for impl in order.sample(case.impls, len(case.impls)):
                 sync(device)
                 t0 = time.perf_counter()
                 fn(impl)
