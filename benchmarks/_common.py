@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import time
 
 import torch
 
@@ -31,6 +32,26 @@ def machine_info(device: torch.device) -> dict:
             pass
         info["device"] = f"CPU: {cpu}, {os.cpu_count()} cores"
     return info
+
+
+def speed_probe(device: torch.device, repeats: int = 15) -> float:
+    """Milliseconds of one fixed convolution (64 channels, 56², 16 frames, 3x3; fastest of ``repeats``):
+    recorded at the start and the end of a run, so a reader can tell a run on a contended machine
+    (other tenants on a shared VM host can slow it 2x and more, and the TAda models more than their
+    bases) from one on a quiet one. On the 2-core Xeon of this README's runs: about 11 ms when quiet."""
+    import torch.nn.functional as F
+
+    x = torch.randn(16, 64, 56, 56, device=device)
+    w = torch.randn(64, 64, 3, 3, device=device)
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            F.conv2d(x, w, None, 1, 1)
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
+    return best * 1e3
 
 
 def proc_status_kb(field: str) -> int:

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from _common import iter_tensors, machine_info, peak_memory_growth, peak_tensor_bytes, sync
+from _common import iter_tensors, machine_info, peak_memory_growth, peak_tensor_bytes, speed_probe, sync
 from tada import create_model
 from tada.nn import TAdaConv2d, _native
 
@@ -303,7 +303,11 @@ def main(argv=None):
         from tada.utils import tune_cpu_allocator
 
         print(f"  tuned allocator: {tune_cpu_allocator()}", file=sys.stderr, flush=True)
+    info["speed_probe_ms"] = [speed_probe(device)]
     times = time_all(runs, device, dtype, args.batch, args.repeats, args.warmup)
+    info["speed_probe_ms"].append(speed_probe(device))
+    print(f"speed probe (_common.speed_probe, ~11 ms on a quiet 2-core Xeon): "
+          f"{info['speed_probe_ms'][0]:.1f} ms before, {info['speed_probe_ms'][1]:.1f} ms after the timings")
 
     from tada.models.flops import profile as flop_profile
 

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from _common import machine_info, peak_memory_growth, sync
+from _common import machine_info, peak_memory_growth, speed_probe, sync
 from tada.nn.functional import auto_impl, tada_conv2d
 from tada.nn.functional3d import tada_conv3d
 from tada.utils import tune_cpu_allocator
@@ -513,10 +513,14 @@ def main(argv=None):
                     saved, peak = pool.submit(memory_worker, asdict(s), impl, args.device, args.dtype).result()
                     mem.setdefault(i, {})[impl] = {"saved": saved, "peak": peak}
 
+    info["speed_probe_ms"] = [speed_probe(device)]
     rows = _time_all(shapes, device, dtype, args, "default alloc")
     tuned = []
     if device.type == "cpu" and not args.no_tuned and tune_cpu_allocator():
         tuned = _time_all(shapes, device, dtype, args, "tuned alloc")
+    info["speed_probe_ms"].append(speed_probe(device))
+    print(f"speed probe (_common.speed_probe, ~11 ms on a quiet 2-core Xeon): "
+          f"{info['speed_probe_ms'][0]:.1f} ms before, {info['speed_probe_ms'][1]:.1f} ms after the timings")
 
     if args.conv3d:
         print()
