@@ -1,10 +1,12 @@
 """The operator's custom autograd functions against the plain compositions they replace: gradcheck in
 float64, equal values and gradients, and what they keep for backward."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tada.nn import recompute_scaled_input, tada_conv2d
+from tada.nn import _native, recompute_scaled_input, tada_conv2d
 from tada.nn.functional import _ScaledInputConv
 from tada.nn.functional3d import _CinConv
 
@@ -25,7 +27,19 @@ def _inputs(bias, seed=0, n=3, c=4, hw=6, c_out=8):
                          ids=["batched-backward", "batched-backward-recompute", "per-frame-backward"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("geom", GEOMS)
-def test_scaled_input_conv_gradcheck_and_equals_the_composition(geom, bias, per_frame, recompute):
+@pytest.mark.parametrize("engine", ["native", "torch"])
+def test_scaled_input_conv_gradcheck_and_equals_the_composition(geom, bias, per_frame, recompute, engine):
+    """The batched backward's last pass runs as the native kernel where it is built (csrc/scale.cpp)
+    and as PyTorch ops otherwise: both are checked."""
+    if engine == "native" and not _native.available():
+        pytest.skip("no native kernels here")
+    with contextlib.ExitStack() as stack:
+        if engine == "torch":
+            stack.enter_context(_native.disabled())
+        _check_scaled_input_conv(geom, bias, per_frame, recompute)
+
+
+def _check_scaled_input_conv(geom, bias, per_frame, recompute):
     stride, padding, dilation, groups = geom
     x, a, c_out, g, _ = _inputs(bias)
     w = torch.randn(c_out, x.shape[1] // groups, 3, 3, generator=g, dtype=torch.float64).requires_grad_()

@@ -23,7 +23,7 @@ __all__ = ["available", "disabled"]
 
 _LOCK = threading.Lock()
 _STATE = {"built": None, "off": 0}
-_SOURCES = ("tpool.cpp",)
+_SOURCES = ("tpool.cpp", "scale.cpp")
 # -fassociative-math (with the two flags it needs) lets GCC vectorise the rows' sums; the sums then run in
 # a fixed order per build, so results are deterministic on one machine
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]

@@ -273,14 +273,33 @@ class _ScaledInputConv(torch.autograd.Function):
         )
         del xa
         gx = ga = None
-        if need_a:
-            # one fused dot product per (frame, channel); 2-4x faster than a bmm of (1, k) x (k, 1)
-            # rows at 28²-112² on the CPU
-            ga = torch.linalg.vecdot(gxa.flatten(2), x.to(gxa.dtype).flatten(2)).to(a.dtype)
-        if need_x:
-            gx = gxa.mul_(a[:, :, None, None].to(gxa.dtype)).to(x.dtype)  # gxa is ours: in place, no new buffer
+        if need_a and need_x and _native_scale_applies(gxa, x, a):
+            # one pass: grad a = sum_hw grad(xa) * x, and grad(xa) scaled by a in place into grad x
+            ga = torch.ops.tada_native.cin_scale_backward(gxa, x, a.contiguous())
+            gx = gxa
+        else:
+            if need_a:
+                # one dot product per (frame, channel); 2-4x faster than a bmm of (1, k) x (k, 1) rows at
+                # 28²-112² on the CPU
+                ga = torch.linalg.vecdot(gxa.flatten(2), x.to(gxa.dtype).flatten(2)).to(a.dtype)
+            if need_x:
+                gx = gxa.mul_(a[:, :, None, None].to(gxa.dtype)).to(x.dtype)  # gxa is ours: in place
         gw = gw.to(weight.dtype) if need_w else None
         return gx, ga, gw, gb if need_b and ctx.has_bias else None, None, None, None
+
+
+def _native_scale_applies(g: Tensor, x: Tensor, a: Tensor) -> bool:
+    """Whether the native one-pass kernel (``csrc/scale.cpp``) takes this backward: CPU, float32 or
+    float64 throughout, ``g`` and ``x`` both contiguous or both channels-last."""
+    if not (g.device.type == "cpu" and g.dtype in (torch.float32, torch.float64) and x.dtype == g.dtype
+            and a.dtype == g.dtype):
+        return False
+    both = lambda fmt: g.is_contiguous(memory_format=fmt) and x.is_contiguous(memory_format=fmt)  # noqa: E731
+    if not (both(torch.contiguous_format) or both(torch.channels_last)):
+        return False
+    from . import _native
+
+    return _native.available()
 
 
 def _per_frame_backward(gy, x, a, weight, conv, need_x, need_a, need_w, need_b):
