@@ -289,10 +289,13 @@ class _ScaledInputConv(torch.autograd.Function):
 
 
 def _native_scale_applies(g: Tensor, x: Tensor, a: Tensor) -> bool:
-    """Whether the native one-pass kernel (``csrc/scale.cpp``) takes this backward: CPU, float32 or
-    float64 throughout, ``g`` and ``x`` both contiguous or both channels-last."""
-    if not (g.device.type == "cpu" and g.dtype in (torch.float32, torch.float64) and x.dtype == g.dtype
-            and a.dtype == g.dtype):
+    """Whether the native one-pass kernel (``csrc/scale.cpp``) takes this backward: plain CPU tensors (not
+    a compiler's fake or functional ones: the kernel has no meta form), float32 or float64 throughout,
+    ``g`` and ``x`` both contiguous or both channels-last."""
+    if not (type(g) is Tensor and type(x) is Tensor and g.device.type == "cpu"
+            and g.dtype in (torch.float32, torch.float64) and x.dtype == g.dtype and a.dtype == g.dtype):
+        return False
+    if _exporting():
         return False
     both = lambda fmt: g.is_contiguous(memory_format=fmt) and x.is_contiguous(memory_format=fmt)  # noqa: E731
     if not (both(torch.contiguous_format) or both(torch.channels_last)):
