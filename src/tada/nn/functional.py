@@ -40,7 +40,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
-__all__ = ["tada_conv2d", "recompute_scaled_input", "auto_impl", "AUTO_GROUPED_RATIO", "AUTO_FRAMES_RATIO", "CAL_DIMS", "IMPLS", "frames_to_batch", "batch_to_frames"]
+__all__ = ["tada_conv2d", "recompute_scaled_input", "auto_impl", "AUTO_GROUPED_RATIO", "AUTO_FRAMES_RATIO",
+           "CAL_DIMS", "IMPLS", "frames_to_batch", "batch_to_frames"]
 
 CAL_DIMS = ("cin", "cout", "cin_cout", "k2")
 IMPLS = ("auto", "fast", "frames", "grouped")
