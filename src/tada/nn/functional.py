@@ -242,8 +242,8 @@ class _ScaledInputConv(torch.autograd.Function):
 
     Saves ``x``, ``a``, ``W`` and the scaled input ``xa`` (``recompute``: not ``xa``, recomputed in
     backward). Backward, batched (``per_frame=False``): the convolution's gradients at ``xa``, then
-    ``grad x = a * grad(xa)`` (in place) and ``grad a = sum_hw x * grad(xa)`` (one fused dot product
-    per frame and channel). Per frame (``per_frame=True``, never needs ``xa``): see
+    ``grad x = a * grad(xa)`` (in place) and ``grad a = sum_hw x * grad(xa)``, in one pass where the
+    native kernel applies (:func:`_native_scale_applies`). Per frame (``per_frame=True``, never needs ``xa``): see
     :func:`_per_frame_backward`.
     """
 
