@@ -248,7 +248,7 @@ class _ScaledInputConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, a, weight, bias, conv, per_frame, recompute=True):
+    def forward(ctx, x, a, weight, bias, conv, per_frame, recompute=False):
         xa = x * a[:, :, None, None]
         y = F.conv2d(xa, weight, bias, *conv)
         keep = not (per_frame or recompute)
@@ -306,6 +306,14 @@ def _native_scale_applies(g: Tensor, x: Tensor, a: Tensor) -> bool:
     return _native.available()
 
 
+def _input_scale_per_weight(a: Tensor, groups: int, c_out: int) -> Tensor:
+    """``a`` ``(N, C_in)`` laid out like a weight's ``(C_out, C_in/g)`` entries, ``(N, C_out, C_in/g)``:
+    the input channel of ``weight[o, j]`` is ``(o // (C_out/g)) * (C_in/g) + j``."""
+    n, c_in = a.shape
+    c_in_g = c_in // groups
+    return a.reshape(n, groups, 1, c_in_g).expand(n, groups, c_out // groups, c_in_g).reshape(n, c_out, c_in_g)
+
+
 def _per_frame_backward(gy, x, a, weight, conv, need_x, need_a, need_w, need_b):
     """Backward of ``conv2d(x * a, W)`` frame by frame, as the convolution of each frame ``n`` with its
     own kernel ``K_n = a_n * W`` (exact: ``conv(x_n * a_n, W) == conv(x_n, K_n)``).
@@ -319,9 +327,7 @@ def _per_frame_backward(gy, x, a, weight, conv, need_x, need_a, need_w, need_b):
     dtype = gy.dtype
     n = x.shape[0]
     c_out, c_in_g, kh, kw = weight.shape
-    # the input channel of weight[o, j] is (o // (C_out/g)) * (C_in/g) + j (as in _grouped)
-    a_k = a.to(dtype).reshape(n, groups, 1, c_in_g).expand(n, groups, c_out // groups, c_in_g)
-    a_k = a_k.reshape(n, c_out, c_in_g, 1, 1)
+    a_k = _input_scale_per_weight(a.to(dtype), groups, c_out)[..., None, None]
     w = weight.to(dtype)
     kernels = w.unsqueeze(0) * a_k
     gy = gy.contiguous()
@@ -450,10 +456,7 @@ def _grouped(x, weight, bias, a_in, a_out, a_k2, beta, stride, padding, dilation
     n = b * t
     kernels = weight.unsqueeze(0)  # (1, C_out, C_in/g, kh, kw), broadcast to (B*T, ...)
     if a_in is not None:
-        # input channel of weight[o, j] is (o // (C_out/g)) * (C_in/g) + j
-        a = _per_frame(a_in).reshape(n, groups, 1, c_in_g)
-        a = a.expand(n, groups, c_out // groups, c_in_g).reshape(n, c_out, c_in_g)
-        kernels = kernels * a[..., None, None]
+        kernels = kernels * _input_scale_per_weight(_per_frame(a_in), groups, c_out)[..., None, None]
     if a_out is not None:
         kernels = kernels * _per_frame(a_out)[:, :, None, None, None]
     if a_k2 is not None:
