@@ -28,11 +28,13 @@ import math
 from functools import partial
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
 from ..nn import TAdaConv2d, TemporalAggregation, temporal_pool
 from ..nn.aggregation import frozen_tpool, fused_tpool
+from ..nn.tadaconv import has_forward_hooks
 from ..nn.functional import batch_to_frames, frames_to_batch
 
 __all__ = [
@@ -387,14 +389,35 @@ class Bottleneck(nn.Module):
         """``(B, C_in, T, H, W)`` -> ``(B, C_out, T, H', W')``; per-frame parts run on the frame batch
         (:func:`run_layers`), so a 2D block computes on ``(B*T, C, H, W)`` throughout."""
         b, t = x.shape[0], x.shape[2]
-        out = run_layers((self.conv1, self.bn1, self.relu, self.conv2, self.agg if self.agg is not None else self.bn2,
-                          self.relu, self.conv3, self.bn3), x, b, t)
+        tail = (self.agg if self.agg is not None else self.bn2, self.relu, self.conv3, self.bn3)
+        out = self._head_after_bn_relu(x, b, t) if self._fusable_head() else None
+        if out is None:
+            out = run_layers((self.conv1, self.bn1, self.relu, self.conv2), x, b, t)
+        out = run_layers(tail, out, b, t)
         identity = x if self.downsample is None else run_layers((self.downsample,), x, b, t)
         if out.dim() == 4 and identity.dim() == 5:
             identity = frames_to_batch(identity)  # a free view when x is frame-major
         elif out.dim() == 5:
             identity = as_video(identity, b, t)
         return as_video(self.relu(out + identity), b, t)
+
+
+    def _fusable_head(self) -> bool:
+        # conv2 a TAdaConv2d right after bn1 and a ReLU, in eval mode: TAdaConv2d.forward_after_bn_relu
+        # decides the rest (inference only, dtype, layout, native kernels)
+        return (not self.training and isinstance(self.conv2, TAdaConv2d) and isinstance(self.bn1, nn.BatchNorm2d)
+                and type(self.relu) is nn.ReLU and not has_forward_hooks(self.relu))
+
+    def _head_after_bn_relu(self, x: Tensor, b: int, t: int) -> Optional[Tensor]:
+        """``conv2(relu(bn1(conv1(x))))`` as a frame batch with the norm, ReLU and calibration fused
+        (:meth:`~tada.nn.TAdaConv2d.forward_after_bn_relu`), or None where that does not apply."""
+        if torch.is_grad_enabled():
+            return None
+        z = run_layers((self.conv1,), x, b, t)
+        out = self.conv2.forward_after_bn_relu(z if z.dim() == 4 else frames_to_batch(z), self.bn1, b)
+        if out is None:  # conv1 ran already: the rest of the head one layer at a time
+            out = run_layers((self.bn1, self.relu, self.conv2), z, b, t)
+        return out
 
 
 BlockFn = Callable[[int, int, int], nn.Module]

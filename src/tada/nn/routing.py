@@ -226,7 +226,11 @@ class RouteFuncMLP(nn.Module):
         self.heads = _Heads(hidden, heads, bias_channels, k2, zero_init, add_one=True)
 
     def forward(self, x: Tensor):
-        v = _descriptor(x)
+        return self.from_descriptor(_descriptor(x))
+
+    def from_descriptor(self, v: Tensor):
+        """The calibration from the per-frame spatial means ``v`` ``(B, C, T)`` of the input (what
+        ``forward`` computes first): for callers that have the means already."""
         if self.g is not None:
             # mean over (T, H, W) equals the mean over T of the per-frame spatial means
             v = v + self.g(v.mean(dim=2, keepdim=True))
@@ -305,7 +309,12 @@ class RouteFuncAttn(nn.Module):
         return self.proj(out)
 
     def forward(self, x: Tensor):
-        h = self.a(_descriptor(x)).transpose(1, 2)  # (B, T, c')
+        return self.from_descriptor(_descriptor(x))
+
+    def from_descriptor(self, v: Tensor):
+        """The calibration from the per-frame spatial means ``v`` ``(B, C, T)`` of the input (what
+        ``forward`` computes first): for callers that have the means already."""
+        h = self.a(v).transpose(1, 2)  # (B, T, c')
         h = quick_gelu(self.norm(h))
         h = h + self._attention(self.norm_attn(h))
         return self.heads(h.transpose(1, 2))

@@ -6,13 +6,14 @@ from typing import Optional, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from .functional import CAL_DIMS, IMPLS, tada_conv2d
+from .functional import CAL_DIMS, IMPLS, _as_calibration, _per_frame, auto_impl, tada_conv2d
 from .calibration import build_routing, routing_names
 
-__all__ = ["TAdaConv2d"]
+__all__ = ["TAdaConv2d", "has_forward_hooks"]
 
 
 def check_conv_args(in_channels, out_channels, groups, cal_dim, cal_dims, impl, impls, bias, bias_calibration,
@@ -31,6 +32,17 @@ def check_conv_args(in_channels, out_channels, groups, cal_dim, cal_dims, impl, 
         raise ValueError(f"unknown impl {impl!r}; expected one of {impls}")
     if bias_calibration and not bias:
         raise ValueError("bias_calibration=True needs bias=True")
+
+
+def has_forward_hooks(*modules: Optional[nn.Module]) -> bool:
+    """Whether a forward (pre-)hook is registered on any of ``modules`` or on every module: a fused path
+    that skips their ``forward`` calls declines then, so hooks (``tada.engine.explain``, profiler
+    marks) see the calls they expect."""
+    from torch.nn.modules import module as _module
+
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return True
+    return any(m is not None and (m._forward_hooks or m._forward_pre_hooks) for m in modules)
 
 
 class TAdaConv2d(nn.Module):
@@ -147,6 +159,63 @@ class TAdaConv2d(nn.Module):
             stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
             cal_dim=self.cal_dim, bias_alpha=bias_alpha, impl=self.impl, split=split,
         )
+
+    def forward_after_bn_relu(self, z: Tensor, norm: nn.Module, batch: int) -> Optional[Tensor]:
+        """``self(relu(norm(z)))`` for the frame batch ``z`` ``(B*T, C_in, H, W)`` of ``batch`` clips,
+        returned as the frame batch ``(B*T, C_out, H', W')``; ``None`` where it does not apply (the
+        caller then runs the three layers).
+
+        It applies at inference (no gradient) with ``norm`` a BatchNorm2d in eval mode with running
+        statistics, ``cal_dim="cin"``, a routing that takes the frame descriptors
+        (``from_descriptor``: V1, V2), the fast forward (``impl`` ``"fast"``/``"frames"``, or ``"auto"``
+        choosing one), float32/float64 CPU tensors with the native kernels built, and no forward hook on
+        this layer, its routing or the norm (:func:`has_forward_hooks`: their calls must be seen). Then the norm
+        (folded to a per-channel affine), the ReLU, the routing's spatial means and the calibration
+        multiply take two passes over ``z`` (``tada_native::bn_relu_mean`` and ``bn_relu_scale``)
+        instead of four reads and three writes; the values are the same up to rounding.
+        """
+        if not self._fuses_bn_relu(z, norm):
+            return None
+        from . import _native
+
+        if not _native.available():
+            return None
+        invstd = torch.rsqrt(norm.running_var + norm.eps)
+        scale = invstd if norm.weight is None else norm.weight * invstd
+        shift = -norm.running_mean * scale if norm.bias is None else norm.bias - norm.running_mean * scale
+        scale, shift = scale.to(z.dtype).contiguous(), shift.to(z.dtype).contiguous()
+        n, c = z.shape[:2]
+        means = torch.ops.tada_native.bn_relu_mean(z, scale, shift)  # (B*T, C)
+        frames = n // batch
+        alpha = self.routing.from_descriptor(means.reshape(batch, frames, c).transpose(1, 2))
+        alpha = _per_frame(_as_calibration(alpha, "alpha", batch, c, frames, "C_in")).to(z.dtype).contiguous()
+        xa = torch.ops.tada_native.bn_relu_scale(z, scale, shift, alpha)
+        return F.conv2d(xa, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def _fuses_bn_relu(self, z: Tensor, norm: nn.Module) -> bool:
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting():
+            return False
+        if has_forward_hooks(self, self.routing, norm):  # their forward must run for the hooks to see it
+            return False
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return False
+        if self.cal_dim != "cin" or self.bias_calibration or not callable(getattr(self.routing, "from_descriptor", None)):
+            return False
+        if not (isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.running_mean is not None
+                and norm.num_features == self.in_channels):
+            return False
+        if type(z) is not Tensor or z.dim() != 4 or z.device.type != "cpu" or z.dtype not in (torch.float32, torch.float64):
+            return False
+        if z.shape[1] != self.in_channels or z.shape[0] == 0:
+            return False
+        if not (z.is_contiguous() or z.is_contiguous(memory_format=torch.channels_last)):
+            return False
+        if self.weight.device.type != "cpu" or self.weight.dtype != z.dtype:
+            return False
+        impl = self.impl
+        if impl == "auto":
+            impl = auto_impl(self.cal_dim, z.shape, self.weight.shape, self.groups, z.device.type, self.stride)
+        return impl in ("fast", "frames")
 
     @classmethod
     def from_conv2d(cls, conv: nn.Conv2d, **kwargs) -> "TAdaConv2d":
