@@ -12,11 +12,14 @@ Pairs (SPEC §2/§3), batch 1 by default, in one run with the models interleaved
 
 ``--grouped`` adds each TAda model with every TAdaConv switched to ``impl="grouped"`` (the release's
 per-frame kernels); ``--fast`` with every TAdaConv on ``impl="fast"`` (what ``auto`` replaced);
-``--plain-tpool`` the ConvNeXt (8f base) and TAdaFormer pairs again with T-Pool as the plain PyTorch
-composition (the native kernels of ``tada/nn/csrc`` switched off).
+``--no-native`` (also ``--plain-tpool``) the TAda2D, ConvNeXt (8f base) and TAdaFormer pairs again with
+the native kernels of ``tada/nn/csrc`` switched off (T-Pool, the TAdaConv-after-BN+ReLU inference head,
+the ``cin`` backward pass as the plain PyTorch composition).
 ``--profile`` adds, per pair, a ``torch.profiler`` breakdown of one training step and one inference
 of both models: the time in each kind of module (blocks, TAdaConvs, routing, T-Pool; forward, from
-``record_function`` marks) and the ten costliest ops by self time and by memory. ``--plugins`` times the plug-in backbones instead (Table 3c: SlowOnly 8 frames,
+``record_function`` marks) and the ten costliest ops by self time and by memory. The marks are forward
+hooks, so in a profiled inference the TAdaConv-after-BN+ReLU head runs layer by layer (a hooked
+module's forward must run: ``tada.nn.has_forward_hooks``). ``--plugins`` times the plug-in backbones instead (Table 3c: SlowOnly 8 frames,
 SlowFast 4x16 and 8x8 on 32 frames, R(2+1)D with TAda on the 2D conv and on 2D + 1D convs, R3D with
 TAdaConv3d, each against its plain backbone) at ``--size`` (default 112 on the CPU: 3D R50s at 224²
 take minutes per training step on two cores). Training step = forward, cross-entropy, backward, SGD step
@@ -86,9 +89,9 @@ def pairs(grouped: bool, fast: bool = False, plain_tpool: bool = False):
     for flag, impl in ((grouped, "grouped"), (fast, "fast")):
         if flag:
             out += [Pair(Run(f"{t.label} {impl}", t.model, t.frames, impl=impl), t) for t in (t2d, tcn, tfm)]
-    if plain_tpool:  # the same TAda models with T-Pool as the PyTorch composition, against the same bases
-        out += [Pair(Run(f"{pr.tada.label} plain-tpool", pr.tada.model, pr.tada.frames, native=False), pr.base)
-                for pr in out[:4] if pr.tada.model != "tada2d_r50" and pr.base is not cnx16]
+    if plain_tpool:  # the same TAda models with the native kernels off, against the same bases
+        out += [Pair(Run(f"{pr.tada.label} no-native", pr.tada.model, pr.tada.frames, native=False), pr.base)
+                for pr in out[:4] if pr.base is not cnx16]
     return out
 
 
@@ -259,8 +262,9 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--grouped", action="store_true", help="also time TAda with the release's grouped operator")
     p.add_argument("--fast", action="store_true", help="also time TAda with impl='fast' everywhere (no auto choice)")
-    p.add_argument("--plain-tpool", action="store_true",
-                   help="also time the ConvNeXt and TAdaFormer pairs with the native T-Pool kernels switched off")
+    p.add_argument("--no-native", "--plain-tpool", dest="plain_tpool", action="store_true",
+                   help="also time the TAda models with the native kernels (T-Pool, the fused inference head, "
+                        "the cin backward) switched off")
     p.add_argument("--profile", action="store_true", help="torch.profiler breakdown per pair (see the module doc)")
     p.add_argument("--plugins", action="store_true", help="the plug-in backbones (SlowOnly, SlowFast, R(2+1)D, R3D)")
     p.add_argument("--size", type=int, default=112, help="input size of the --plugins runs (default 112)")

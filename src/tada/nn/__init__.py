@@ -10,7 +10,7 @@ from .functional import recompute_scaled_input, tada_conv2d
 from .functional3d import tada_conv3d
 from .layers import DropPath, drop_path
 from .routing import QuickGELU, RouteFuncAttn, RouteFuncMLP, quick_gelu
-from .tadaconv import TAdaConv2d
+from .tadaconv import TAdaConv2d, has_forward_hooks
 from .tadaconv3d import TAdaConv3d
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "tada_conv3d",
     "TAdaConv2d",
     "TAdaConv3d",
+    "has_forward_hooks",
     "RouteFuncMLP",
     "RouteFuncAttn",
     "CALIBRATIONS",
