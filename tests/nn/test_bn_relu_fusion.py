@@ -1,7 +1,11 @@
-"""The fused inference head of a TAdaConv after BatchNorm + ReLU: the native kernels
-(``bn_relu_mean``, ``bn_relu_scale`` in ``tada/nn/csrc/scale.cpp``) against the composition they
-replace, :meth:`TAdaConv2d.forward_after_bn_relu` against ``conv(relu(bn(z)))``, where it declines, and
-the bottleneck blocks that use it (TAda2D, TAda-SlowOnly) against their layer-by-layer forward."""
+"""The fused inference passes of a TAda bottleneck (TAda2D's layout, frame-major NCHW frames):
+
+* the head, a TAdaConv after BatchNorm + ReLU: the native kernels (``bn_relu_mean``, ``bn_relu_scale`` in
+  ``tada/nn/csrc/scale.cpp``) against the composition they replace, and
+  :meth:`TAdaConv2d.forward_after_bn_relu` against ``conv(relu(bn(z)))``, and where it declines;
+* T-Pool with frozen BatchNorms and the ReLU after it (``tpool_frozen_frames`` in ``tpool.cpp``) against
+  the composition;
+* the bottleneck blocks that use both (TAda2D, TAda-SlowOnly) against their layer-by-layer forward."""
 import shutil
 
 import pytest
@@ -11,7 +15,8 @@ import torch.nn.functional as F
 from torch.profiler import profile
 
 import tada
-from tada.nn import TAdaConv2d, _native
+from tada.models.builders import FrameAggregation, aggregate_frame_major
+from tada.nn import TAdaConv2d, _native, temporal_pool
 from tada.nn.functional import batch_to_frames
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
@@ -174,6 +179,86 @@ def test_routing_from_descriptor_is_its_forward():
         assert torch.equal(r.from_descriptor(x.mean((3, 4))), r(x))
 
 
+# -- T-Pool with frozen BatchNorms on frame-major frames -------------------------------------------------
+def _frozen_agg(c, dtype, seed=0):
+    torch.manual_seed(seed)
+    agg = FrameAggregation(c, norm="bn").to(dtype)
+    with torch.no_grad():
+        for n in (agg.norm1, agg.norm2):
+            n.weight.uniform_(-1.5, 1.5), n.bias.uniform_(-0.3, 0.3)
+            n.running_mean.uniform_(-0.5, 0.5), n.running_var.uniform_(0.5, 2.0)
+    return agg.eval()
+
+
+def _tpool_reference(agg, y, frames, relu):
+    n, c, h, w = y.shape
+    y5 = y.reshape(n // frames, frames, c, h, w).transpose(1, 2)  # (B, C, T, H, W)
+    z = agg.norm1(y5) + agg.norm2(temporal_pool(y5, "avg"))
+    z = torch.relu(z) if relu else z
+    return z.transpose(1, 2).reshape(n, c, h, w)
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["no-relu", "relu"])
+@pytest.mark.parametrize("frames", [1, 2, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_frozen_tpool_frames_equals_the_composition(dtype, frames, relu):
+    agg = _frozen_agg(24, dtype)
+    y = torch.randn(2 * frames, 24, 7, 9, dtype=dtype)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), profile() as prof:
+        out = aggregate_frame_major(agg, y, frames, relu=relu)
+    assert any(e.key == "tada_native::tpool_frozen_frames" for e in prof.key_averages())
+    with torch.no_grad():
+        ref = _tpool_reference(agg, y, frames, relu)
+    assert out.shape == y.shape and out.is_contiguous()
+    assert torch.allclose(out, ref, **tol)
+    with torch.no_grad(), _native.disabled():  # the composition's own path, with the same relu handling
+        assert torch.allclose(aggregate_frame_major(agg, y, frames, relu=relu), ref, **tol)
+
+
+def test_frozen_tpool_frames_does_not_depend_on_the_thread_count():
+    agg = _frozen_agg(64, torch.float32)
+    y = torch.randn(16, 64, 20, 20)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        with torch.no_grad():
+            for n in (1, 2, 3):
+                torch.set_num_threads(n)
+                outs.append(aggregate_frame_major(agg, y, 8, relu=True))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda y, a1, a2, k: (y.transpose(2, 3), 2, a1, a2, k, False), r"contiguous \(B\*T, C, H, W\)"),
+    (lambda y, a1, a2, k: (y, 3, a1, a2, k, False), "not a multiple of frames=3"),
+    (lambda y, a1, a2, k: (y, 2, a1[:-1], a2, k, False), r"contiguous \(C,\) CPU tensors of y's dtype"),
+    (lambda y, a1, a2, k: (y, 2, a1, a2.double(), k, False), r"contiguous \(C,\) CPU tensors of y's dtype"),
+])
+def test_frozen_tpool_frames_refuses_bad_inputs_with_what_is_wrong(bad, match):
+    y = torch.randn(4, 8, 5, 5)
+    a1, a2, k = torch.randn(8), torch.randn(8), torch.randn(8)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.tada_native.tpool_frozen_frames(*bad(y, a1, a2, k))
+
+
+def test_frozen_tpool_frames_steps_aside_for_training_and_gradients():
+    agg = _frozen_agg(8, torch.float32)
+    y = torch.randn(4, 8, 5, 5, requires_grad=True)
+    for train, grad in ((True, False), (False, True)):
+        agg.train(train)
+        with torch.set_grad_enabled(grad), profile() as prof:
+            out = aggregate_frame_major(agg, y, 2, relu=True)
+        assert not any(e.key == "tada_native::tpool_frozen_frames" for e in prof.key_averages())
+        assert (out >= 0).all()
+    agg.eval()
+    out = aggregate_frame_major(agg, y, 2, relu=True)
+    out.sum().backward()  # the autograd composition: gradients reach the input
+    assert y.grad is not None and y.grad.abs().sum() > 0
+
+
 # -- the blocks that use it -----------------------------------------------------------------------------
 def _calibrated(model):
     """Routing that does not start at alpha == 1 and BatchNorm statistics of real activations, so the
@@ -199,8 +284,11 @@ def test_blocks_fuse_at_inference_and_match_their_layers(name):
     x = torch.randn(2, 3, 4, 64, 64)
     with torch.no_grad(), profile() as prof:
         fused = model(x)
-    calls = sum(e.count for e in prof.key_averages() if e.key == "tada_native::bn_relu_scale")
-    assert tada_blocks > 0 and calls == tada_blocks  # every TAda bottleneck took the fused head
+    tpools = sum(isinstance(getattr(m, "agg", None), FrameAggregation) for m in model.modules())
+    counts = {e.key: e.count for e in prof.key_averages()}
+    assert tada_blocks > 0  # every TAda bottleneck took the fused head, every T-Pool the fused T-Pool + ReLU
+    assert counts.get("tada_native::bn_relu_scale") == tada_blocks
+    assert counts.get("tada_native::tpool_frozen_frames", 0) == tpools and tpools in (0, tada_blocks)
     with torch.enable_grad():  # eval mode with autograd on: the layers one by one
         ref = model(x)
     assert torch.allclose(fused, ref, rtol=1e-4, atol=1e-5)

@@ -33,7 +33,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..nn import TAdaConv2d, TemporalAggregation, temporal_pool
-from ..nn.aggregation import frozen_tpool, fused_tpool
+from ..nn.aggregation import frozen_tpool, frozen_tpool_frames, fused_tpool
 from ..nn.tadaconv import has_forward_hooks
 from ..nn.functional import batch_to_frames, frames_to_batch
 
@@ -135,8 +135,9 @@ def channels_last_view(x: Tensor) -> Tensor:
     return x if x.is_contiguous() else x.contiguous()
 
 
-def aggregate_frame_major(agg: TemporalAggregation, y: Tensor, frames: int) -> Tensor:
-    """``agg(y)`` for ``y`` given as frame-major ``(B*T, C, H, W)``; returns ``(B*T, C, H, W)``.
+def aggregate_frame_major(agg: TemporalAggregation, y: Tensor, frames: int, *, relu: bool = False) -> Tensor:
+    """``agg(y)`` for ``y`` given as frame-major ``(B*T, C, H, W)``; returns ``(B*T, C, H, W)``
+    (``relu=True``: ``relu(agg(y))``, in the same pass where the native inference kernel runs).
 
     Equal to ``frames_to_batch(agg(batch_to_frames(y, B, T)))`` without any layout copy: the temporal
     pool runs on a ``(B, 1, T, C, H*W)`` view (pooling dim 2, which is T there) and the norms run on
@@ -146,6 +147,16 @@ def aggregate_frame_major(agg: TemporalAggregation, y: Tensor, frames: int) -> T
     n, c, h, w = y.shape
     if n % frames:
         raise ValueError(f"batch of {n} frames is not a multiple of T={frames}")
+    if not agg.fuses(y):
+        out = frozen_tpool_frames(agg, y, frames, relu)  # frozen BatchNorms at inference: one native pass
+        if out is not None:
+            return out
+    out = _aggregate_frame_major(agg, y, frames)
+    return torch.relu_(out) if relu else out
+
+
+def _aggregate_frame_major(agg: TemporalAggregation, y: Tensor, frames: int) -> Tensor:
+    n, c, h, w = y.shape
     if agg.fuses(y):  # one autograd node that keeps only y for backward
         return fused_tpool(agg, y, None, None, channels_last=False, frames=frames)
     pooled = temporal_pool(y.reshape(n // frames, 1, frames, c, h * w), agg.pool).reshape(n, c, 1, h, w)
@@ -389,11 +400,17 @@ class Bottleneck(nn.Module):
         """``(B, C_in, T, H, W)`` -> ``(B, C_out, T, H', W')``; per-frame parts run on the frame batch
         (:func:`run_layers`), so a 2D block computes on ``(B*T, C, H, W)`` throughout."""
         b, t = x.shape[0], x.shape[2]
-        tail = (self.agg if self.agg is not None else self.bn2, self.relu, self.conv3, self.bn3)
-        out = self._head_after_bn_relu(x, b, t) if self._fusable_head() else None
+        fuse = self._fuses_at_inference()
+        out = self._head_after_bn_relu(x, b, t) if fuse and isinstance(self.conv2, TAdaConv2d) else None
         if out is None:
             out = run_layers((self.conv1, self.bn1, self.relu, self.conv2), x, b, t)
-        out = run_layers(tail, out, b, t)
+        if fuse and isinstance(self.agg, FrameAggregation) and not has_forward_hooks(self.agg):
+            # T-Pool and the ReLU after it: one native pass at inference with frozen BatchNorms
+            out = aggregate_frame_major(self.agg, out if out.dim() == 4 else frames_to_batch(out), t, relu=True)
+            out = run_layers((self.conv3, self.bn3), out, b, t)
+        else:
+            out = run_layers((self.agg if self.agg is not None else self.bn2, self.relu, self.conv3, self.bn3),
+                             out, b, t)
         identity = x if self.downsample is None else run_layers((self.downsample,), x, b, t)
         if out.dim() == 4 and identity.dim() == 5:
             identity = frames_to_batch(identity)  # a free view when x is frame-major
@@ -402,17 +419,15 @@ class Bottleneck(nn.Module):
         return as_video(self.relu(out + identity), b, t)
 
 
-    def _fusable_head(self) -> bool:
-        # conv2 a TAdaConv2d right after bn1 and a ReLU, in eval mode: TAdaConv2d.forward_after_bn_relu
-        # decides the rest (inference only, dtype, layout, native kernels)
-        return (not self.training and isinstance(self.conv2, TAdaConv2d) and isinstance(self.bn1, nn.BatchNorm2d)
+    def _fuses_at_inference(self) -> bool:
+        # eval mode without autograd, a plain ReLU: TAdaConv2d.forward_after_bn_relu and
+        # aggregate_frame_major decide the rest (the norms' state, dtype, layout, native kernels)
+        return (not self.training and not torch.is_grad_enabled() and isinstance(self.bn1, nn.BatchNorm2d)
                 and type(self.relu) is nn.ReLU and not has_forward_hooks(self.relu))
 
     def _head_after_bn_relu(self, x: Tensor, b: int, t: int) -> Optional[Tensor]:
         """``conv2(relu(bn1(conv1(x))))`` as a frame batch with the norm, ReLU and calibration fused
         (:meth:`~tada.nn.TAdaConv2d.forward_after_bn_relu`), or None where that does not apply."""
-        if torch.is_grad_enabled():
-            return None
         z = run_layers((self.conv1,), x, b, t)
         out = self.conv2.forward_after_bn_relu(z if z.dim() == 4 else frames_to_batch(z), self.bn1, b)
         if out is None:  # conv1 ran already: the rest of the head one layer at a time

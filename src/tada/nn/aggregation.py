@@ -290,6 +290,19 @@ def _native_infer_applies(agg: TemporalAggregation, y: Tensor, channels_last: bo
     return _native.available()
 
 
+def frozen_tpool_frames(agg: TemporalAggregation, y: Tensor, frames: int, relu: bool = False) -> Optional[Tensor]:
+    """T-Pool's inference with frozen BatchNorms on a frame batch ``y`` ``(B*T, C, H, W)`` stored
+    frame-major and contiguous (TAda2D's layout), followed by a ReLU if ``relu``, as one native pass
+    (``tada_native::tpool_frozen_frames``): ``y * a1 + avgpool_t(y) * a2 + c``. None where it does not
+    apply (:func:`_native_infer_applies`, another layout); the same values as the composition to rounding."""
+    if y.dim() != 4 or not y.is_contiguous() or not _native_infer_applies(agg, y, False):
+        return None
+    if y.shape[0] % frames or y.shape[1] != agg.channels:
+        return None
+    a1, a2, c = (v.to(y.dtype).contiguous() for v in _frozen_bns(agg))
+    return torch.ops.tada_native.tpool_frozen_frames(y, frames, a1, a2, c, bool(relu))
+
+
 def _native_infer(agg: TemporalAggregation, y: Tensor, scale, shift, channels_last: bool) -> Optional[Tensor]:
     """T-Pool's inference as one native pass over channels-last memory (``csrc/tpool.cpp``), or None where
     it does not apply (:func:`_native_infer_applies`, or ``y``'s memory is not ``(B, T, H, W, C)``

@@ -449,6 +449,55 @@ at::Tensor tpool_infer(const at::Tensor& y, const c10::optional<at::Tensor>& sca
   return out;
 }
 
+// Frozen-BatchNorm T-Pool inference on frame-major frames (TAda2D's layout): y (B*T, C, H, W) contiguous,
+// out = y * a1[c] + avgpool_t(y) * a2[c] + k[c] (avgpool_t: the mean of frames t-1, t, t+1 with zero padding),
+// then an optional ReLU, in one pass (the three frames of a window are rows of one (b, c), read while
+// the previous ones are still in cache).
+at::Tensor tpool_frozen_frames(const at::Tensor& y, int64_t frames, const at::Tensor& a1, const at::Tensor& a2,
+                               const at::Tensor& k, bool relu) {
+  TORCH_CHECK(y.dim() == 4 && y.device().is_cpu() && y.is_contiguous(),
+              "tpool_frozen_frames: y must be a contiguous (B*T, C, H, W) CPU tensor");
+  TORCH_CHECK(y.scalar_type() == at::kFloat || y.scalar_type() == at::kDouble, "tpool_frozen_frames: float32 or float64 only");
+  TORCH_CHECK(frames >= 1 && y.size(0) % frames == 0, "tpool_frozen_frames: the batch of ", y.size(0),
+              " frames is not a multiple of frames=", frames);
+  for (const auto& v : {a1, a2, k}) {
+    TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == y.scalar_type() && v.is_contiguous() && v.dim() == 1 &&
+                    v.size(0) == y.size(1),
+                "tpool_frozen_frames: a1, a2 and k must be contiguous (C,) CPU tensors of y's dtype");
+  }
+  at::Tensor out = at::empty_like(y, at::MemoryFormat::Contiguous);
+  const int64_t T = frames, B = y.size(0) / T, C = y.size(1), P = y.size(2) * y.size(3);
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "tpool_frozen_frames", [&] {
+    const scalar_t* Y = y.const_data_ptr<scalar_t>();
+    const scalar_t* A1 = a1.const_data_ptr<scalar_t>();
+    const scalar_t* A2 = a2.const_data_ptr<scalar_t>();
+    const scalar_t* K = k.const_data_ptr<scalar_t>();
+    scalar_t* O = out.mutable_data_ptr<scalar_t>();
+    const scalar_t third = scalar_t(1) / scalar_t(3);
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(P * T, 1));
+    at::parallel_for(0, B * C, grain, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const int64_t b = r / C, c = r % C;
+        const scalar_t s1 = A1[c], s2 = A2[c], kc = K[c];
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t row = ((b * T + t) * C + c) * P;
+          const scalar_t* __restrict cur = Y + row;
+          const scalar_t* __restrict prev = t > 0 ? cur - C * P : nullptr;
+          const scalar_t* __restrict next = t + 1 < T ? cur + C * P : nullptr;
+          scalar_t* __restrict o = O + row;
+          for (int64_t p = 0; p < P; ++p) {
+            const scalar_t win = (prev ? prev[p] : scalar_t(0)) + cur[p] + (next ? next[p] : scalar_t(0));
+            const scalar_t v = cur[p] * s1 + (win * third) * s2 + kc;
+            o[p] = relu && v < scalar_t(0) ? scalar_t(0) : v;
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
 // returns (gy, gscale (B, T, C), gshift (B, T, C), gparams (4, C): gw1, gb1, gw2, gb2)
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tpool_ln_backward(
     const at::Tensor& gz, const at::Tensor& y, const c10::optional<at::Tensor>& scale,
@@ -516,6 +565,7 @@ TORCH_LIBRARY(tada_native, m) {
   m.def("tpool_ln_backward(Tensor gz, Tensor y, Tensor? scale, Tensor? shift, Tensor w1, Tensor b1, Tensor w2, "
         "Tensor b2, float eps1, float eps2) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("tpool_bn_stats(Tensor y, Tensor? scale, Tensor? shift) -> Tensor");
+  m.def("tpool_frozen_frames(Tensor y, int frames, Tensor a1, Tensor a2, Tensor k, bool relu) -> Tensor");
   m.def("tpool_bn_backward(Tensor gz, Tensor y, Tensor? scale, Tensor? shift, Tensor norm) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
 }
@@ -524,5 +574,6 @@ TORCH_LIBRARY_IMPL(tada_native, CPU, m) {
   m.impl("tpool_infer", tpool_infer);
   m.impl("tpool_ln_backward", tpool_ln_backward);
   m.impl("tpool_bn_stats", tpool_bn_stats);
+  m.impl("tpool_frozen_frames", tpool_frozen_frames);
   m.impl("tpool_bn_backward", tpool_bn_backward);
 }
