@@ -11,7 +11,6 @@ import shutil
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.profiler import profile
 
 import tada
