@@ -147,18 +147,18 @@ def aggregate_frame_major(agg: TemporalAggregation, y: Tensor, frames: int, *, r
     n, c, h, w = y.shape
     if n % frames:
         raise ValueError(f"batch of {n} frames is not a multiple of T={frames}")
-    if not agg.fuses(y):
+    if agg.fuses(y):  # one autograd node that keeps only y for backward
+        out = fused_tpool(agg, y, None, None, channels_last=False, frames=frames)
+    else:
         out = frozen_tpool_frames(agg, y, frames, relu)  # frozen BatchNorms at inference: one native pass
         if out is not None:
             return out
-    out = _aggregate_frame_major(agg, y, frames)
-    return torch.relu_(out) if relu else out
+        out = _aggregate_composition(agg, y, frames)
+    return torch.relu(out) if relu else out
 
 
-def _aggregate_frame_major(agg: TemporalAggregation, y: Tensor, frames: int) -> Tensor:
+def _aggregate_composition(agg: TemporalAggregation, y: Tensor, frames: int) -> Tensor:
     n, c, h, w = y.shape
-    if agg.fuses(y):  # one autograd node that keeps only y for backward
-        return fused_tpool(agg, y, None, None, channels_last=False, frames=frames)
     pooled = temporal_pool(y.reshape(n // frames, 1, frames, c, h * w), agg.pool).reshape(n, c, 1, h, w)
     y5 = y.unsqueeze(2)
     frozen = agg.frozen_affines(y5)
@@ -418,12 +418,11 @@ class Bottleneck(nn.Module):
             identity = as_video(identity, b, t)
         return as_video(self.relu(out + identity), b, t)
 
-
     def _fuses_at_inference(self) -> bool:
         # eval mode without autograd, a plain ReLU: TAdaConv2d.forward_after_bn_relu and
         # aggregate_frame_major decide the rest (the norms' state, dtype, layout, native kernels)
-        return (not self.training and not torch.is_grad_enabled() and isinstance(self.bn1, nn.BatchNorm2d)
-                and type(self.relu) is nn.ReLU and not has_forward_hooks(self.relu))
+        return (not self.training and not torch.is_grad_enabled() and type(self.relu) is nn.ReLU
+                and not has_forward_hooks(self.relu))
 
     def _head_after_bn_relu(self, x: Tensor, b: int, t: int) -> Optional[Tensor]:
         """``conv2(relu(bn1(conv1(x))))`` as a frame batch with the norm, ReLU and calibration fused
