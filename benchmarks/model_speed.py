@@ -159,6 +159,8 @@ def memory_worker(run: dict, device: str, dtype: str, batch: int):
     step, so gradients and optimiser state already exist and only the step's activations count)."""
     dev = torch.device(device)
     b = Bench(Run(**run), dev, getattr(torch, dtype), batch)
+    _native.available()  # load the native kernels first: their one-time load (and the build check's imports)
+    # is not the inference's memory (it ran inside the first inference of the TAda models otherwise)
     infer = peak_memory_growth(b.infer, dev)
     b.train_step()
     train = peak_memory_growth(b.train_step, dev)
