@@ -255,10 +255,12 @@ class TemporalAggregation(nn.Module):
 
 
 
-def _bn_affine(bn: nn.BatchNorm3d):
-    """An eval-mode BatchNorm as ``x * a + c`` per channel."""
-    a = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    return a, bn.bias - bn.running_mean * a
+def _bn_affine(bn: nn.modules.batchnorm._BatchNorm):
+    """An eval-mode BatchNorm (with running statistics) as ``x * a + c`` per channel."""
+    a = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        a = bn.weight * a
+    return a, (-bn.running_mean * a if bn.bias is None else bn.bias - bn.running_mean * a)
 
 
 def frozen_tpool(y: Tensor, pooled: Tensor, affines) -> Tensor:

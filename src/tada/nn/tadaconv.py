@@ -180,10 +180,9 @@ class TAdaConv2d(nn.Module):
 
         if not _native.available():
             return None
-        invstd = torch.rsqrt(norm.running_var + norm.eps)
-        scale = invstd if norm.weight is None else norm.weight * invstd
-        shift = -norm.running_mean * scale if norm.bias is None else norm.bias - norm.running_mean * scale
-        scale, shift = scale.to(z.dtype).contiguous(), shift.to(z.dtype).contiguous()
+        from .aggregation import _bn_affine
+
+        scale, shift = (v.to(z.dtype).contiguous() for v in _bn_affine(norm))
         n, c = z.shape[:2]
         means = torch.ops.tada_native.bn_relu_mean(z, scale, shift)  # (B*T, C)
         frames = n // batch
